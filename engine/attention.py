@@ -1,0 +1,187 @@
+"""Attention over the paged KV cache: the metadata the runner builds and the torch backend.
+
+KV cache layout, per layer: `k_cache`, `v_cache` of shape
+`[num_blocks, block_size, num_kv_heads, head_dim]`. Token `t` of a sequence lives in slot
+`block_table[t // block_size] * block_size + t % block_size`.
+
+The batch is flattened: the new tokens of all scheduled sequences, one after another
+(`query_start_loc` marks where each sequence's tokens start). Each sequence attends
+causally over its whole context: the cached tokens plus its new ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    """Per-step attention inputs, built by the model runner alone.
+
+    Tensors live on the model's device. Sequences are ordered decodes first (query length
+    1), then prefills (chunks), so `num_decodes` leading sequences form a pure-decode batch.
+    """
+
+    query_start_loc: torch.Tensor  # int32 [num_seqs + 1], cumulative new-token counts
+    seq_lens: torch.Tensor  # int32 [num_seqs], context length incl. this step's tokens
+    block_tables: torch.Tensor  # int32 [num_seqs, max_blocks_per_seq], padded with 0
+    slot_mapping: torch.Tensor  # int64 [num_tokens], -1 for padding tokens
+    num_decodes: int  # leading sequences with exactly one new token
+    num_decode_tokens: int  # == num_decodes
+    max_query_len: int
+    max_seq_len: int
+    # Host copies for the torch backend's per-sequence loop (no device sync needed).
+    query_start_loc_cpu: list[int] | None = None
+    seq_lens_cpu: list[int] | None = None
+
+    @property
+    def num_seqs(self) -> int:
+        return self.seq_lens.shape[0]
+
+
+class AttentionBackend(Protocol):
+    """Writes this step's K/V into the cache, then attends over the cached context."""
+
+    def forward(
+        self,
+        query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+        key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        value: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+        k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+        ...
+
+
+def write_kv_cache_torch(
+    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
+    value: torch.Tensor,
+    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    v_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,  # int64 [num_tokens], -1 = skip
+) -> None:
+    """Store each token's K/V at its slot; slots of -1 (padding) are skipped."""
+    valid = slot_mapping >= 0
+    if not bool(valid.all()):
+        key, value, slot_mapping = key[valid], value[valid], slot_mapping[valid]
+    k_flat = k_cache.view(-1, *k_cache.shape[2:])
+    v_flat = v_cache.view(-1, *v_cache.shape[2:])
+    k_flat.index_copy_(0, slot_mapping, key.to(k_cache.dtype))
+    v_flat.index_copy_(0, slot_mapping, value.to(v_cache.dtype))
+
+
+def gather_context(
+    cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
+    block_tables: torch.Tensor,  # int32 [num_seqs, max_blocks]
+    num_blocks: int,
+) -> torch.Tensor:  # [num_seqs, num_blocks * block_size, num_kv_heads, head_dim]
+    blocks = cache[block_tables[:, :num_blocks].long()]
+    return blocks.reshape(blocks.shape[0], -1, *cache.shape[2:])
+
+
+class TorchAttentionBackend:
+    """Pure-torch paged attention: batched decode, per-sequence causal prefill.
+
+    Decodes are gathered into one padded batch and attend with a length mask; each prefill
+    chunk attends over its gathered context with a causal offset. GQA is handled by SDPA's
+    `enable_gqa`, without repeating K/V in memory.
+    """
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        write_kv_cache_torch(key, value, k_cache, v_cache, meta.slot_mapping)
+        return paged_attention_torch(query, k_cache, v_cache, meta, scale)
+
+
+def paged_attention_torch(
+    query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
+    """Reference paged attention over the flattened varlen batch (cache already written)."""
+    out = torch.empty_like(query)
+    block_size = k_cache.shape[1]
+    seq_lens = meta.seq_lens_cpu if meta.seq_lens_cpu is not None else meta.seq_lens.tolist()
+    starts = (
+        meta.query_start_loc_cpu
+        if meta.query_start_loc_cpu is not None
+        else meta.query_start_loc.tolist()
+    )
+    num_decodes = meta.num_decodes
+    if num_decodes:
+        out[:num_decodes] = _decode_batch(
+            query[:num_decodes], k_cache, v_cache, meta.block_tables[:num_decodes],
+            meta.seq_lens[:num_decodes], max(seq_lens[:num_decodes]), block_size, scale,
+        )
+    for i in range(num_decodes, len(seq_lens)):
+        start, end = starts[i], starts[i + 1]
+        if end == start:
+            continue
+        seq_len = seq_lens[i]
+        num_blocks = (seq_len + block_size - 1) // block_size
+        keys = gather_context(k_cache, meta.block_tables[i : i + 1], num_blocks)[0, :seq_len]
+        values = gather_context(v_cache, meta.block_tables[i : i + 1], num_blocks)[0, :seq_len]
+        out[start:end] = _causal_chunk(query[start:end], keys, values, scale)
+    return out
+
+
+def _decode_batch(
+    query: torch.Tensor,  # [B, Hq, D]
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,  # [B, max_blocks]
+    seq_lens: torch.Tensor,  # [B]
+    max_seq_len: int,
+    block_size: int,
+    scale: float,
+) -> torch.Tensor:  # [B, Hq, D]
+    num_blocks = (max_seq_len + block_size - 1) // block_size
+    keys = gather_context(k_cache, block_tables, num_blocks).transpose(1, 2)  # [B, Hkv, L, D]
+    values = gather_context(v_cache, block_tables, num_blocks).transpose(1, 2)
+    positions = torch.arange(keys.shape[2], device=query.device)
+    mask = positions[None, :] < seq_lens[:, None].to(positions.device)  # [B, L]
+    q = query.unsqueeze(2)  # [B, Hq, 1, D]
+    out = F.scaled_dot_product_attention(
+        q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask[:, None, None, :], scale=scale,
+        enable_gqa=keys.shape[1] != q.shape[1],
+    )
+    return out.squeeze(2)
+
+
+def _causal_chunk(
+    query: torch.Tensor,  # [q_len, Hq, D]: the last q_len tokens of the context
+    keys: torch.Tensor,  # [seq_len, Hkv, D]
+    values: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:  # [q_len, Hq, D]
+    q_len, seq_len = query.shape[0], keys.shape[0]
+    q = query.transpose(0, 1).unsqueeze(0)  # [1, Hq, q_len, D]
+    k = keys.transpose(0, 1).unsqueeze(0).to(q.dtype)
+    v = values.transpose(0, 1).unsqueeze(0).to(q.dtype)
+    gqa = k.shape[1] != q.shape[1]
+    if q_len == seq_len:
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    else:
+        offset = seq_len - q_len
+        rows = torch.arange(q_len, device=q.device)[:, None] + offset
+        cols = torch.arange(seq_len, device=q.device)[None, :]
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=cols <= rows, scale=scale, enable_gqa=gqa
+        )
+    return out[0].transpose(0, 1)

@@ -1,0 +1,71 @@
+"""The engine's configuration: one frozen dataclass, validated on creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_GRAMMAR_BACKENDS = ("llguidance", "outlines")
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
+_LOAD_FORMATS = ("auto", "dummy")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Settings fixed for an engine's life.
+
+    The KV pool is `num_blocks` blocks of `block_size` tokens when given; otherwise it is
+    sized from `kv_cache_memory` bytes (CPU) or `gpu_memory_utilization` (GPU).
+    `max_model_len` None means the model's own context length.
+    `load_format="dummy"` gives random weights of the model's shape (benchmarks); `shape`
+    names a built-in shape (e.g. "llama3-8b") to use with the model's tokenizer.
+    """
+
+    model: str | None = None
+    tokenizer: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    block_size: int = 16
+    num_blocks: int | None = None
+    kv_cache_memory: int = 2 * 1024**3
+    gpu_memory_utilization: float = 0.90
+    max_num_seqs: int = 128
+    max_num_batched_tokens: int = 2048
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    enable_chunked_prefill: bool = True
+    grammar_backend: str = "llguidance"
+    grammar_compile_timeout: float = 10.0
+    grammar_compile_threads: int = 2
+    fast_forward: bool = False
+    load_format: str = "auto"
+    shape: str | None = None
+    enforce_eager: bool = False
+    attention_backend: str = "auto"
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"{name}: {what} (got {getattr(self, name)!r})")
+
+        check(self.block_size in (8, 16, 32, 64, 128), "block_size", "must be 8, 16, 32, 64 or 128")
+        check(self.num_blocks is None or self.num_blocks >= 2, "num_blocks", "must be at least 2")
+        check(self.kv_cache_memory > 0, "kv_cache_memory", "must be positive")
+        check(0.0 < self.gpu_memory_utilization <= 1.0, "gpu_memory_utilization",
+              "must be in (0, 1]")
+        check(self.max_num_seqs >= 1, "max_num_seqs", "must be at least 1")
+        check(self.max_num_batched_tokens >= 1, "max_num_batched_tokens", "must be at least 1")
+        check(self.max_model_len is None or self.max_model_len >= 1, "max_model_len",
+              "must be positive")
+        check(self.grammar_backend in _GRAMMAR_BACKENDS, "grammar_backend",
+              f"must be one of {_GRAMMAR_BACKENDS}")
+        check(self.grammar_compile_timeout > 0, "grammar_compile_timeout", "must be positive")
+        check(self.dtype in _DTYPES, "dtype", f"must be one of {_DTYPES}")
+        check(self.load_format in _LOAD_FORMATS, "load_format", f"must be one of {_LOAD_FORMATS}")
+        check(self.device == "auto" or self.device.split(":")[0] in ("cpu", "cuda"), "device",
+              "must be auto, cpu or cuda[:N]")
+        check(self.attention_backend in ("auto", "torch", "triton"), "attention_backend",
+              "must be auto, torch or triton")
+        if not self.enable_chunked_prefill and self.max_model_len is not None:
+            check(self.max_num_batched_tokens >= self.max_model_len, "max_num_batched_tokens",
+                  "must cover max_model_len when chunked prefill is off")
