@@ -1,0 +1,119 @@
+"""tools + tool_choice -> a grammar constraint that only lets valid calls out.
+
+The grammar is Lark text in llguidance's dialect (it starts with `%llguidance {}`): each
+function's arguments are embedded as `%json {schema}`, so every generated `arguments` value
+is valid against that function's `parameters` by construction, and the call text around it
+is fixed (see `call_format`). Every grammar ends: after the last allowed call only EOS may
+follow, and at most `max_parallel_calls` calls can be made.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+import llguidance
+from corral.engine.sampling_params import StructuredOutputsParams
+from corral.tools.call_format import CALL_END, CALL_SEPARATOR, CALL_START, JSON_LAYOUT
+from corral.tools.functions import FunctionSpec, ToolChoice, parse_tool_choice, parse_tools
+
+MAX_PARALLEL_CALLS = 16
+GRAMMAR_BACKEND = "llguidance"
+
+
+def tool_call_constraint(
+    tools: list[dict[str, Any]] | None,
+    tool_choice: Any = None,
+    parallel_tool_calls: bool = True,
+    *,
+    max_parallel_calls: int = MAX_PARALLEL_CALLS,
+) -> StructuredOutputsParams | None:
+    """The structured-output constraint for a chat request's tools, or None.
+
+    tool_choice "none" (or no tools with "auto"/None) -> None: output is not constrained.
+    "required" -> one or more calls (exactly one if `parallel_tool_calls` is False);
+    {"type": "function", "function": {"name": X}} -> exactly one call of X;
+    "auto" -> plain text that never contains the call marker, or any text followed by
+    the marker and then only calls (the rest of the output is constrained).
+    Raises ValueError naming the field for bad tools, tool_choice or schemas.
+    """
+    if not isinstance(parallel_tool_calls, bool):
+        raise ValueError("parallel_tool_calls: must be a boolean")
+    if not isinstance(max_parallel_calls, int) or max_parallel_calls < 1:
+        raise ValueError("max_parallel_calls: must be a positive integer")
+    specs = parse_tools(tools)
+    choice = parse_tool_choice(tool_choice, specs)
+    if choice.mode == "none" or not specs:
+        return None
+    for i, spec in enumerate(specs):
+        _check_arguments_schema(_canonical(_arguments_schema(spec)), f"tools[{i}]")
+    max_calls = max_parallel_calls if parallel_tool_calls else 1
+    return StructuredOutputsParams(
+        grammar=build_tool_grammar(specs, choice, max_calls), backend=GRAMMAR_BACKEND
+    )
+
+
+def build_tool_grammar(specs: list[FunctionSpec], choice: ToolChoice, max_calls: int) -> str:
+    """The Lark (llguidance dialect) text for validated specs and choice."""
+    if choice.mode == "none":
+        raise ValueError("tool_choice: 'none' has no tool grammar")
+    if choice.mode == "named":
+        specs = [s for s in specs if s.name == choice.name]
+        max_calls = 1
+    more = f' ({_lit(CALL_SEPARATOR)} call){{0,{max_calls - 1}}}' if max_calls > 1 else ""
+    lines = ["%llguidance {}"]
+    if choice.mode == "auto":
+        # `plain` can never contain the marker; `head` is any text up to the first marker
+        # (lazy: it ends there), after which only calls may follow.
+        marker = _regex_escape(CALL_START)
+        lines += [
+            f"start: plain | head body{more}",
+            "plain: PLAIN",
+            f"PLAIN: /(?s:.*)/ & ~/(?s:.*){marker}(?s:.*)/",
+            f"head[lazy]: /(?s:.*){marker}/",
+        ]
+    else:
+        lines.append(f"start: call{more}")
+    lines += [
+        f"call: {_lit(CALL_START)} body",
+        'body: ' + _lit('\n{"name": ') + " fn",
+        "fn: " + " | ".join(f"fn_{i}" for i in range(len(specs))),
+    ]
+    for i, spec in enumerate(specs):
+        head = _lit(f'{json.dumps(spec.name)}, "arguments": ')
+        lines.append(f"fn_{i}: {head} args_{i} {_lit(chr(10).join(['}', CALL_END]))}")
+        lines.append(f"args_{i}: %json {_canonical(_arguments_schema(spec))}")
+    return "\n".join(lines) + "\n"
+
+
+def _lit(text: str) -> str:
+    """A Lark string literal for `text` (JSON string escapes are what llguidance reads)."""
+    return json.dumps(text)
+
+
+def _regex_escape(text: str) -> str:
+    """Escape regex metacharacters for a /.../ literal (Rust regex syntax)."""
+    return "".join("\\" + c if c in "\\.+*?()|[]{}^$/" else c for c in text)
+
+
+def _arguments_schema(spec: FunctionSpec) -> dict[str, Any]:
+    schema = dict(spec.parameters)
+    schema["x-guidance"] = dict(JSON_LAYOUT)
+    return schema
+
+
+def _canonical(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, ensure_ascii=False)
+
+
+@lru_cache(maxsize=1024)
+def _check_arguments_schema(schema_json: str, where: str) -> None:
+    """Fail closed: a schema llguidance cannot enforce is refused, naming the tool."""
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_json)
+    except ValueError as e:
+        raise ValueError(f"{where}.function.parameters: {e}") from None
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise ValueError(f"{where}.function.parameters: cannot be enforced ({messages[0]})")
