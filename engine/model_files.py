@@ -102,7 +102,11 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
 
     None means the embedded default. A hub id is downloaded where the network allows.
     """
-    if model is None or str(model) in ("", DEFAULT_MODEL_NAME, f"HuggingFaceTB/{DEFAULT_MODEL_NAME}"):
+    if model is None or str(model) in (
+        "",
+        DEFAULT_MODEL_NAME,
+        f"HuggingFaceTB/{DEFAULT_MODEL_NAME}",
+    ):
         return default_model_dir()
     path = Path(model).expanduser()
     if path.is_dir():
@@ -121,5 +125,7 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
             str(model), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]
         )
     except Exception as e:  # noqa: BLE001 - any hub failure means the same to the user
-        raise ValueError(f"model: {model!r} is neither a local folder nor a reachable hub id ({e})") from None
+        raise ValueError(
+            f"model: {model!r} is neither a local folder nor a reachable hub id ({e})"
+        ) from None
     return Path(local)

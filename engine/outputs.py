@@ -57,3 +57,4 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool = False
     metrics: RequestMetrics | None = None
+    error: str | None = None  # set when the request failed (e.g. its grammar was refused)

@@ -113,29 +113,46 @@ class SamplingParams:
                 raise ValueError(f"{name}: {what} (got {getattr(self, name)!r})")
 
         check(isinstance(self.n, int) and 1 <= self.n <= 128, "n", "must be an integer in 1..128")
-        check(_is_number(self.temperature) and 0.0 <= self.temperature <= 2.0, "temperature",
-              "must be in [0, 2]")
+        check(
+            _is_number(self.temperature) and 0.0 <= self.temperature <= 2.0,
+            "temperature",
+            "must be in [0, 2]",
+        )
         check(_is_number(self.top_p) and 0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
-        check(isinstance(self.top_k, int) and self.top_k >= 0, "top_k",
-              "must be a non-negative integer (0 = off)")
+        check(
+            isinstance(self.top_k, int) and self.top_k >= 0,
+            "top_k",
+            "must be a non-negative integer (0 = off)",
+        )
         check(_is_number(self.min_p) and 0.0 <= self.min_p <= 1.0, "min_p", "must be in [0, 1]")
         check(self.seed is None or isinstance(self.seed, int), "seed", "must be an integer")
-        check(self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
-              "max_tokens", "must be a positive integer")
-        check(isinstance(self.min_tokens, int) and self.min_tokens >= 0, "min_tokens",
-              "must be a non-negative integer")
+        check(
+            self.max_tokens is None or (isinstance(self.max_tokens, int) and self.max_tokens >= 1),
+            "max_tokens",
+            "must be a positive integer",
+        )
+        check(
+            isinstance(self.min_tokens, int) and self.min_tokens >= 0,
+            "min_tokens",
+            "must be a non-negative integer",
+        )
         if self.max_tokens is not None:
             check(self.min_tokens <= self.max_tokens, "min_tokens", "must not exceed max_tokens")
-        check(all(isinstance(s, str) and s for s in self.stop), "stop",
-              "must be non-empty strings")
+        check(all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings")
         check(len(self.stop) <= 16, "stop", "at most 16 stop strings")
-        check(all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids), "stop_token_ids",
-              "must be non-negative integers")
+        check(
+            all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
+            "stop_token_ids",
+            "must be non-negative integers",
+        )
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             check(_is_number(value) and -2.0 <= value <= 2.0, name, "must be in [-2, 2]")
-        check(_is_number(self.repetition_penalty) and self.repetition_penalty > 0,
-              "repetition_penalty", "must be positive")
+        check(
+            _is_number(self.repetition_penalty) and self.repetition_penalty > 0,
+            "repetition_penalty",
+            "must be positive",
+        )
         if self.logit_bias is not None:
             check(isinstance(self.logit_bias, dict), "logit_bias", "must map token ids to biases")
             fixed = {}
@@ -150,11 +167,17 @@ class SamplingParams:
                     raise ValueError(f"logit_bias: token id {key!r} is negative")
                 fixed[token_id] = float(bias)
             self.logit_bias = fixed
-        check(self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
-              "logprobs", "must be an integer in 0..20")
-        check(self.structured_outputs is None
-              or isinstance(self.structured_outputs, StructuredOutputsParams),
-              "structured_outputs", "must be a StructuredOutputsParams")
+        check(
+            self.logprobs is None or (isinstance(self.logprobs, int) and 0 <= self.logprobs <= 20),
+            "logprobs",
+            "must be an integer in 0..20",
+        )
+        check(
+            self.structured_outputs is None
+            or isinstance(self.structured_outputs, StructuredOutputsParams),
+            "structured_outputs",
+            "must be a StructuredOutputsParams",
+        )
         check(isinstance(self.logits_processors, list), "logits_processors", "must be a list")
 
     @property

@@ -9,6 +9,7 @@ bitmask row applies to (None = row `r` applies to logits row `r`). Disallowed to
 from __future__ import annotations
 
 import torch
+from corral.kernels._triton import cdiv, jit, tl, use_triton
 
 
 def apply_token_bitmask_torch(
@@ -32,8 +33,76 @@ def apply_token_bitmask_torch(
         logits[rows] = logits[rows].masked_fill(~allowed, float("-inf"))
 
 
+@jit
+def _apply_token_bitmask_kernel(
+    logits_ptr,
+    bitmask_ptr,
+    rows_ptr,
+    vocab_size,
+    num_words,
+    stride_logits,
+    stride_bitmask,
+    HAS_ROWS: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+):
+    # Program (r, c): tokens [c * BLOCK_V, (c + 1) * BLOCK_V) of bitmask row r. Only the
+    # disallowed logits are written; the allowed ones are never read or written.
+    r = tl.program_id(0)
+    tokens = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    words = tokens // 32
+    bits = tl.load(
+        bitmask_ptr + r.to(tl.int64) * stride_bitmask + words,
+        mask=(words < num_words) & (tokens < vocab_size),
+        other=0,
+    )  # [BLOCK_V]; tokens past the mask's width read 0 (disallowed)
+    allowed = ((bits >> (tokens % 32)) & 1) != 0
+    if HAS_ROWS:
+        row = tl.load(rows_ptr + r).to(tl.int64)
+    else:
+        row = r.to(tl.int64)
+    tl.store(
+        logits_ptr + row * stride_logits + tokens,
+        tl.full([BLOCK_V], float("-inf"), dtype=logits_ptr.dtype.element_ty),
+        mask=(tokens < vocab_size) & ~allowed,
+    )
+
+
+def apply_token_bitmask_triton(
+    logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor | None = None
+) -> None:
+    """Triton version of `apply_token_bitmask_torch`: one launch, no host sync."""
+    num_rows, num_words = bitmask.shape
+    vocab = logits.shape[-1]
+    if num_rows == 0:
+        return
+    if logits.stride(-1) != 1 or bitmask.stride(-1) != 1:
+        raise ValueError("apply_token_bitmask_triton needs unit strides on the last dim")
+    block_v = 4096
+    _apply_token_bitmask_kernel[(num_rows, cdiv(vocab, block_v))](
+        logits,
+        bitmask,
+        rows if rows is not None else bitmask,
+        vocab,
+        num_words,
+        logits.stride(0),
+        bitmask.stride(0),
+        HAS_ROWS=rows is not None,
+        BLOCK_V=block_v,
+        num_warps=4,
+    )
+
+
 def apply_token_bitmask_(
     logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor | None = None
 ) -> None:
-    """Apply `bitmask` to `logits` in place, with the fastest kernel for the device."""
-    apply_token_bitmask_torch(logits, bitmask, rows)
+    """Apply `bitmask` to `logits` in place, with the fastest kernel for the device.
+
+    On CUDA, `bitmask` and `rows` must already be on the logits' device (copy them there
+    without blocking, from pinned memory); on CPU the torch reference runs.
+    """
+    if use_triton(logits) and bitmask.device == logits.device:
+        if rows is not None and rows.device != logits.device:
+            rows = rows.to(logits.device, non_blocking=True)
+        apply_token_bitmask_triton(logits, bitmask, rows)
+    else:
+        apply_token_bitmask_torch(logits, bitmask, rows)

@@ -1,0 +1,45 @@
+"""Incremental detokenization, right for multi-byte UTF-8 characters split across tokens."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_REPLACEMENT = "\ufffd"
+_CONTEXT_TOKENS = 6
+
+
+class IncrementalDetokenizer:
+    """Turns a growing list of token ids into a growing string.
+
+    Each step decodes a short window (a few tokens of context plus the new ones) and emits
+    only the characters past the context. A window that ends in an incomplete UTF-8
+    sequence (decoded as U+FFFD) is held back until the following tokens complete it.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_token_ids: list[int], skip_special_tokens: bool):
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.text = ""
+        self._read_offset = len(prompt_token_ids)
+        self._prefix_offset = max(0, self._read_offset - _CONTEXT_TOKENS)
+
+    def _decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids, skip_special_tokens=self.skip_special_tokens)
+
+    def update(self, all_token_ids: list[int]) -> str:
+        """Take the full token list (prompt + output); return the text newly completed."""
+        prefix_text = self._decode(all_token_ids[self._prefix_offset : self._read_offset])
+        full_text = self._decode(all_token_ids[self._prefix_offset :])
+        if len(full_text) <= len(prefix_text) or full_text.endswith(_REPLACEMENT):
+            return ""
+        new_text = full_text[len(prefix_text) :]
+        self._prefix_offset = max(self._read_offset, len(all_token_ids) - _CONTEXT_TOKENS)
+        self._read_offset = len(all_token_ids)
+        self.text += new_text
+        return new_text
+
+    def reset_to(self, all_token_ids: list[int], num_prompt_tokens: int) -> None:
+        """Recompute the text of the output tokens from scratch (after a rollback)."""
+        self.text = self._decode(all_token_ids[num_prompt_tokens:])
+        self._read_offset = len(all_token_ids)
+        self._prefix_offset = max(num_prompt_tokens, self._read_offset - _CONTEXT_TOKENS)

@@ -1,0 +1,116 @@
+"""`LLM`: the offline Python API (batch generation and chat on one engine)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Sequence as Seq
+from typing import Any
+
+from .config import EngineConfig
+from .llm_engine import LLMEngine
+from .outputs import RequestOutput
+from .sampling_params import SamplingParams
+
+Prompt = str | list[int]
+Message = dict[str, Any]
+
+
+class LLM:
+    """Generate from a model in-process.
+
+    >>> llm = LLM()  # the embedded SmolLM2-135M-Instruct
+    >>> out = llm.chat([{"role": "user", "content": "Hi!"}], SamplingParams(max_tokens=20))
+    >>> out[0].outputs[0].text
+
+    `engine_args` are `EngineConfig` fields (max_model_len, num_blocks, kv_cache_memory,
+    max_num_seqs, enable_prefix_caching, grammar_backend, fast_forward, dtype, device...).
+    """
+
+    def __init__(self, model: str | None = None, **engine_args: Any):
+        self.engine = LLMEngine(EngineConfig(model=model, **engine_args))
+        self.tokenizer = self.engine.tokenizer
+        self._ids = itertools.count()
+
+    def generate(self, prompts: Prompt | Seq[Prompt],
+                 params: SamplingParams | Seq[SamplingParams] | None = None
+                 ) -> list[RequestOutput]:
+        """Complete each prompt (a string or a list of token ids); outputs in prompt order."""
+        if isinstance(prompts, str) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        ):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if params is None or isinstance(params, SamplingParams):
+            params_list = [params or SamplingParams()] * len(prompts)
+        else:
+            params_list = list(params)
+            if len(params_list) != len(prompts):
+                raise ValueError(
+                    f"params: got {len(params_list)} SamplingParams for {len(prompts)} prompts"
+                )
+        request_ids = []
+        try:
+            for prompt, p in zip(prompts, params_list, strict=True):
+                request_id = f"offline-{next(self._ids)}"
+                self.engine.add_request(request_id, prompt, p)
+                request_ids.append(request_id)
+        except Exception:
+            for request_id in request_ids:
+                self.engine.abort(request_id)
+            raise
+        return self._run(request_ids)
+
+    def chat(self, messages: list[Message] | Seq[list[Message]],
+             params: SamplingParams | Seq[SamplingParams] | None = None,
+             tools: list[dict] | None = None) -> list[RequestOutput]:
+        """Chat through the model's chat template; one conversation or a list of them."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = [self.render_chat(conv, tools) for conv in conversations]
+        return self.generate(prompts, params)
+
+    def render_chat(self, messages: list[Message], tools: list[dict] | None = None) -> str:
+        """The prompt text of a conversation, ready for the assistant's turn."""
+        try:
+            from corral.tools import render_chat_prompt
+        except ImportError:
+            render_chat_prompt = None
+        if render_chat_prompt is not None:
+            return render_chat_prompt(self.tokenizer, messages, tools)
+        if tools:
+            raise ValueError("tools: function calling needs corral.tools")
+        return self.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def _run(self, request_ids: list[str]) -> list[RequestOutput]:
+        pending = set(request_ids)
+        finals: dict[str, RequestOutput] = {}
+        while pending:
+            outputs = self.engine.step()
+            if not outputs:
+                time.sleep(0.001)
+            for output in outputs:
+                if output.finished and output.request_id in pending:
+                    pending.discard(output.request_id)
+                    finals[output.request_id] = output
+        errors = [finals[r].error for r in request_ids if finals[r].error]
+        if errors:
+            raise ValueError(errors[0])
+        return [finals[r] for r in request_ids]
+
+    # ---- grammar registration ---------------------------------------------------------
+
+    def register_grammar(self, name: str, definition: Any, syntax: str = "lark") -> None:
+        """Compile and keep a grammar; requests then use it by `grammar_name`.
+
+        `syntax` is "lark", "regex" or "json_schema". Raises ValueError (with line and
+        column for Lark) if the definition is invalid.
+        """
+        self.engine.grammar.registry.register(name, definition, syntax=syntax)
+
+    def unregister_grammar(self, name: str) -> None:
+        self.engine.grammar.registry.unregister(name)
+
+    def grammars(self) -> list[dict]:
+        """The registered grammars: name, syntax and definition of each."""
+        return self.engine.grammar.registry.list()

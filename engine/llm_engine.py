@@ -1,0 +1,268 @@
+"""The engine: requests in, tokens out, one `step()` at a time.
+
+Each step the scheduler picks what runs, the model runner computes it in one flattened
+batch, the sampler picks the next tokens (grammar masks applied through the logits-processor
+hook), and the engine appends them, detokenizes, checks stop conditions and frees the blocks
+of finished sequences. Not thread-safe: `AsyncLLMEngine` drives it from one thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from typing import Any
+
+import torch
+
+from .block_manager import BlockManager
+from .config import EngineConfig
+from .engine_stats import EngineStats
+from .model_files import DEFAULT_MODEL_NAME, resolve_model_dir
+from .model_runner import ModelRunner
+from .outputs import RequestOutput, TokenLogprob
+from .request import Request
+from .sampler import Sampler
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler
+from .sequence import Sequence
+from .tokenizer import eos_token_ids, load_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class LLMEngine:
+    """Owns the model runner, scheduler, sampler and the live requests."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        model_dir = resolve_model_dir(config.model)
+        self.model_name = DEFAULT_MODEL_NAME if config.model is None else str(config.model)
+        self.tokenizer = load_tokenizer(config.tokenizer or model_dir)
+        self.runner = ModelRunner(config, model_dir, len(self.tokenizer), config.max_model_len)
+        num_blocks = self.runner.allocate_kv_cache()
+        self.num_kv_blocks = num_blocks
+        self.max_model_len = min(self.runner.max_model_len, num_blocks * config.block_size)
+        self.vocab_size = self.runner.vocab_size
+        self.eos_token_ids = eos_token_ids(self.tokenizer, self.runner.hf_config)
+        self.block_manager = BlockManager(num_blocks, config.block_size,
+                                          config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
+                                   config.max_num_batched_tokens, config.enable_chunked_prefill)
+        self.sampler = Sampler(self.vocab_size, self.eos_token_ids, config.max_num_seqs,
+                               self.runner.device, config.seed)
+        self.requests: dict[str, Request] = {}
+        self._seq_ids = itertools.count()
+        self._arrivals = itertools.count()
+        self._grammar: Any = None
+        self.stats = EngineStats()
+        logger.info("model %s on %s (%s): %d KV blocks of %d tokens, max_model_len %d",
+                    self.model_name, self.runner.device, self.runner.dtype, num_blocks,
+                    config.block_size, self.max_model_len)
+
+    # ---- grammars ---------------------------------------------------------------------
+
+    @property
+    def grammar(self):
+        """The grammar compiler (created on first use)."""
+        if self._grammar is None:
+            from corral.grammars import GrammarCompiler
+
+            self._grammar = GrammarCompiler(
+                self.tokenizer, self.vocab_size, self.eos_token_ids,
+                default_backend=self.config.grammar_backend,
+                timeout=self.config.grammar_compile_timeout,
+                max_workers=self.config.grammar_compile_threads,
+            )
+        return self._grammar
+
+    # ---- requests ---------------------------------------------------------------------
+
+    def tokenize(self, prompt: str) -> list[int]:
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and prompt.startswith(bos))
+        return self.tokenizer.encode(prompt, add_special_tokens=add_special)
+
+    def add_request(self, request_id: str, prompt: str | list[int],
+                    params: SamplingParams | None = None) -> None:
+        """Queue a request. Raises ValueError for a prompt that does not fit or bad params."""
+        params = params or SamplingParams()
+        if request_id in self.requests:
+            raise ValueError(f"request_id: {request_id!r} is already running")
+        text = prompt if isinstance(prompt, str) else None
+        prompt_ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
+        self._check_prompt(prompt_ids)
+        request = Request(request_id, text, prompt_ids, params, next(self._arrivals))
+        if params.structured_outputs is not None:
+            self.grammar.validate(params.structured_outputs)
+            request.grammar_future = self.grammar.submit(params.structured_outputs)
+        for index in range(params.n):
+            generator = None
+            if params.seed is not None:
+                generator = torch.Generator(device=self.runner.device)
+                generator.manual_seed(params.seed + index)
+            seq = Sequence(next(self._seq_ids), request, index, self.tokenizer, generator)
+            request.seqs.append(seq)
+            self.scheduler.add(seq)
+        self.requests[request_id] = request
+
+    def _check_prompt(self, prompt_ids: list[int]) -> None:
+        if not prompt_ids:
+            raise ValueError("prompt: must not be empty")
+        if len(prompt_ids) >= self.max_model_len:
+            raise ValueError(
+                f"prompt: {len(prompt_ids)} tokens do not fit the context: max_model_len is "
+                f"{self.max_model_len}, which must leave room for at least one new token"
+            )
+        bad = [t for t in prompt_ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise ValueError(f"prompt: token ids out of range [0, {self.vocab_size}): {bad[:5]}")
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        """Stop a request and free its blocks; returns its final output, if it was live."""
+        request = self.requests.pop(request_id, None)
+        if request is None:
+            return None
+        for seq in request.seqs:
+            if not seq.is_finished:
+                seq.finish_reason = "abort"
+                self.scheduler.finish(seq)
+        return request.make_output()
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    # ---- the step ---------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one iteration; returns outputs of the requests that changed."""
+        touched: dict[str, Request] = {}
+        self._poll_grammars(touched)
+        batch = self.scheduler.schedule()
+        self.stats.num_preemptions = self.scheduler.num_preemptions
+        if not batch.is_empty:
+            now = time.monotonic()
+            for item in batch.scheduled:
+                metrics = item.seq.request.metrics
+                if metrics.first_scheduled_time is None:
+                    metrics.first_scheduled_time = now
+            logits = self.runner.execute(batch)
+            sampling = [item.seq for item in batch.scheduled if item.samples]
+            sampled = self.sampler(logits, sampling)
+            for item in batch.scheduled:
+                item.seq.num_computed_tokens += item.num_new_tokens
+                self.scheduler.register_computed_blocks(item.seq)
+                if item.seq.num_computed_tokens <= item.seq.num_prompt_tokens:
+                    self.stats.prompt_tokens_total += item.num_new_tokens
+                touched[item.seq.request.request_id] = item.seq.request
+            now = time.monotonic()
+            for seq, token, logprob in zip(sampling, sampled.token_ids, sampled.logprobs,
+                                           strict=True):
+                self._append_sampled(seq, token, logprob, now)
+        outputs = []
+        for request_id, request in touched.items():
+            outputs.append(request.make_output())
+            if request.is_finished:
+                request.metrics.finished_time = time.monotonic()
+                self.requests.pop(request_id, None)
+        return outputs
+
+    def _poll_grammars(self, touched: dict[str, Request]) -> None:
+        for request in list(self.requests.values()):
+            future = request.grammar_future
+            if future is None or request.compiled_grammar is not None or not future.done():
+                continue
+            try:
+                request.compiled_grammar = future.result()
+            except Exception as e:  # noqa: BLE001 - a grammar failure fails its request only
+                self._fail(request, f"structured_outputs: {e}")
+                touched[request.request_id] = request
+                continue
+            for seq in request.seqs:
+                seq.matcher = request.compiled_grammar.matcher()
+
+    def _fail(self, request: Request, message: str) -> None:
+        request.error = message
+        for seq in request.seqs:
+            if not seq.is_finished:
+                seq.finish_reason = "abort"
+                self.scheduler.finish(seq)
+
+    def _append_sampled(self, seq: Sequence, token: int, logprob: TokenLogprob | None,
+                        now: float) -> None:
+        metrics = seq.request.metrics
+        if metrics.first_token_time is None:
+            metrics.first_token_time = now
+        metrics.last_token_time = now
+        seq.num_sampled_tokens += 1
+        if seq.logprobs is not None and logprob is not None:
+            seq.logprobs.append(logprob)
+        self._append_token(seq, token)
+        if seq.is_finished or seq.matcher is None or not self._fast_forward(seq):
+            return
+        for forced in seq.matcher.forced_tokens():
+            if seq.is_finished:
+                break
+            seq.num_forced_tokens += 1
+            self.stats.forced_tokens_total += 1
+            self._append_token(seq, forced)
+
+    def _fast_forward(self, seq: Sequence) -> bool:
+        enabled = seq.params.fast_forward
+        if enabled is None:
+            enabled = self.config.fast_forward
+        return enabled and seq.logprobs is None
+
+    def _append_token(self, seq: Sequence, token: int) -> None:
+        """Append one token (sampled or forced) and settle the sequence's fate."""
+        seq.token_ids.append(token)
+        self.stats.generation_tokens_total += 1
+        params = seq.params
+        if seq.matcher is not None and not seq.matcher.accept_token(token):
+            self._fail(seq.request, f"structured_outputs: grammar rejected token {token} "
+                                    f"({getattr(seq.matcher, 'error_message', None)})")
+            return
+        seq.detokenizer.update(seq.token_ids)
+        past_min = seq.num_output_tokens > params.min_tokens
+        reason: str | None = None
+        if token in self.eos_token_ids and not params.ignore_eos and past_min:
+            reason = "stop"
+        elif token in params.stop_token_ids and past_min:
+            reason, seq.stop_reason = "stop", token
+        elif params.stop and past_min and self._check_stop_strings(seq):
+            reason = "stop"
+        elif seq.matcher is not None and seq.matcher.is_terminated():
+            reason = "stop"
+        elif params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
+            reason = "length"
+        elif seq.num_tokens >= self.max_model_len:
+            reason = "length"
+        if reason is not None:
+            seq.finish_reason = reason
+            self.scheduler.finish(seq)
+
+    def _check_stop_strings(self, seq: Sequence) -> bool:
+        text = seq.detokenizer.text
+        for stop in seq.params.stop:
+            index = text.find(stop)
+            if index != -1:
+                seq.detokenizer.text = text[:index]
+                seq.stop_reason = stop
+                return True
+        return False
+
+    # ---- stats ------------------------------------------------------------------------
+
+    def get_stats(self) -> EngineStats:
+        s = self.stats
+        s.num_running = len(self.scheduler.running)
+        s.num_waiting = len(self.scheduler.waiting)
+        s.kv_cache_usage = self.block_manager.usage
+        s.prefix_cache_queries = self.block_manager.prefix_cache_queries
+        s.prefix_cache_hits = self.block_manager.prefix_cache_hits
+        s.num_preemptions = self.scheduler.num_preemptions
+        return s
+
+    def shutdown(self) -> None:
+        if self._grammar is not None:
+            self._grammar.shutdown()

@@ -1,0 +1,122 @@
+"""Build Corral's model from a checkpoint folder: config, weights (fused at load), or dummy.
+
+Checkpoint names follow the Hugging Face layout (`model.layers.N.self_attn.q_proj.weight`
+...). q/k/v are written into slices of the fused `qkv_proj`, gate/up into `gate_up_proj`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+from .attention import AttentionBackend
+from .models.llama import LlamaForCausalLM
+
+logger = logging.getLogger(__name__)
+
+# Named shapes for benchmarks with random weights (as `--load-format dummy`).
+SHAPES: dict[str, dict] = {
+    "llama3-8b": dict(
+        model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5,
+        max_position_embeddings=8192, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    ),
+    "llama3-1b": dict(
+        model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5,
+        max_position_embeddings=8192, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    ),
+}
+
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)_proj\.(weight|bias)$")
+
+
+def load_config(model_dir: Path, shape: str | None, vocab_size: int | None):
+    """The model config: the checkpoint's, or a named shape over the tokenizer's vocab."""
+    from transformers import AutoConfig, LlamaConfig
+
+    if shape is None:
+        return AutoConfig.from_pretrained(model_dir)
+    if shape not in SHAPES:
+        raise ValueError(f"shape: unknown shape {shape!r} (known: {', '.join(SHAPES)})")
+    fields = dict(SHAPES[shape])
+    fields.pop("model_type")
+    return LlamaConfig(vocab_size=vocab_size, **fields)
+
+
+def build_model(config, backend: AttentionBackend, max_position: int, dtype: torch.dtype,
+                device: torch.device) -> LlamaForCausalLM:
+    """An uninitialised model of the config's shape on `device`."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config, backend, max_position)
+    model = model.to_empty(device=device).to(dtype).eval()
+    model.rotary.reset(device)
+    return model
+
+
+def load_weights(model: LlamaForCausalLM, model_dir: Path) -> None:
+    """Copy safetensors weights into the model, fusing q/k/v and gate/up."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"model: no .safetensors files in {model_dir}")
+    params = dict(model.named_parameters())
+    loaded: set[str] = set()
+    for file in files:
+        with safe_open(str(file), framework="pt") as f:
+            for name in f.keys():
+                target, offset = _target_of(model, name)
+                if target is None:
+                    continue
+                if target not in params:
+                    continue
+                tensor = f.get_tensor(name)
+                param = params[target]
+                with torch.no_grad():
+                    param.data[offset : offset + tensor.shape[0]].copy_(tensor.to(param.dtype))
+                loaded.add(f"{target}:{offset}")
+    missing = [n for n in params if not any(k.startswith(n + ":") for k in loaded)]
+    if missing:
+        raise ValueError(f"model: checkpoint in {model_dir} lacks weights for {missing[:5]}")
+
+
+def _target_of(model: LlamaForCausalLM, name: str) -> tuple[str | None, int]:
+    """Map a checkpoint tensor name to (our parameter name, row offset in it)."""
+    if name.startswith("lm_head.") and model.tie_word_embeddings:
+        return None, 0
+    if name == "lm_head.weight":
+        return "lm_head.weight", 0
+    if name.startswith("model.embed_tokens.") or name.startswith("model.norm."):
+        return name[len("model."):], 0
+    m = _LAYER.match(name)
+    if m is None:
+        if name.startswith("model.layers.") and "rotary_emb" not in name:
+            return name[len("model."):], 0
+        return None, 0
+    layer, block, proj, kind = int(m[1]), m[2], m[3], m[4]
+    prefix = f"layers.{layer}.{block}."
+    attn = model.layers[layer].self_attn
+    if proj in ("q", "k", "v"):
+        offset = {"q": 0, "k": attn.q_size, "v": attn.q_size + attn.kv_size}[proj]
+        return f"{prefix}qkv_proj.{kind}", offset
+    if proj in ("gate", "up"):
+        offset = 0 if proj == "gate" else model.layers[layer].mlp.intermediate_size
+        return f"{prefix}gate_up_proj.{kind}", offset
+    return f"{prefix}{proj}_proj.{kind}", 0
+
+
+def init_dummy_weights(model: LlamaForCausalLM, seed: int) -> None:
+    """Random weights of the right shape and scale (for benchmarks)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight") or "layernorm" in name:
+                param.fill_(1.0)
+            else:
+                param.normal_(0.0, 0.02)

@@ -1,0 +1,214 @@
+"""The model runner: owns the model and the KV cache, builds each step's batch tensors.
+
+Per step it flattens the scheduled sequences' new tokens into one batch (no padding), builds
+positions, slot_mapping, query_start_loc, seq_lens and block tables on the host, copies
+them to the device in one transfer, runs the model and returns the logits of the rows
+that sample (the last new token of each sequence whose chunk reaches its end).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .attention import AttentionMetadata, TorchAttentionBackend
+from .config import EngineConfig
+from .model_loader import build_model, init_dummy_weights, load_config, load_weights
+from .scheduler import SchedulerOutput
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StepInputs:
+    """Device tensors of one step."""
+
+    input_ids: torch.Tensor  # int64 [num_tokens]
+    positions: torch.Tensor  # int64 [num_tokens]
+    logits_indices: torch.Tensor  # int64 [num_sampling_seqs]
+    meta: AttentionMetadata
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def make_attention_backend(name: str, device: torch.device):
+    if name == "triton" or (name == "auto" and device.type == "cuda"):
+        try:
+            from corral.kernels.triton_attention import TritonAttentionBackend
+        except ImportError:
+            if name == "triton":
+                raise
+            logger.warning("Triton attention unavailable; using the torch backend")
+        else:
+            return TritonAttentionBackend()
+    return TorchAttentionBackend()
+
+
+class ModelRunner:
+    """Runs the model over flattened batches against the paged KV cache."""
+
+    def __init__(self, config: EngineConfig, model_dir: Path, vocab_size_hint: int | None,
+                 max_model_len: int | None):
+        self.config = config
+        self.device = pick_device(config.device)
+        self.dtype = pick_dtype(config.dtype, self.device)
+        self.hf_config = load_config(model_dir, config.shape, vocab_size_hint)
+        context = int(getattr(self.hf_config, "max_position_embeddings", 4096) or 4096)
+        self.max_model_len = min(max_model_len or context, context)
+        self.backend = make_attention_backend(config.attention_backend, self.device)
+        self.model = build_model(self.hf_config, self.backend, self.max_model_len,
+                                 self.dtype, self.device)
+        if config.load_format == "dummy":
+            init_dummy_weights(self.model, config.seed)
+        else:
+            load_weights(self.model, model_dir)
+        self.vocab_size = self.hf_config.vocab_size
+        self.block_size = config.block_size
+        self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.num_blocks = 0
+
+    # ---- KV cache -------------------------------------------------------------------------
+
+    @property
+    def kv_bytes_per_block(self) -> int:
+        attn = self.model.layers[0].self_attn
+        per_token = 2 * attn.num_kv_heads * attn.head_dim * self.dtype.itemsize
+        return per_token * self.block_size * len(self.model.layers)
+
+    def allocate_kv_cache(self) -> int:
+        """Size the pool (explicit, memory budget, or GPU utilisation) and allocate it."""
+        if self.config.num_blocks is not None:
+            num_blocks = self.config.num_blocks
+        elif self.device.type == "cuda":
+            num_blocks = self._profile_gpu_blocks()
+        else:
+            num_blocks = self.config.kv_cache_memory // self.kv_bytes_per_block
+        if num_blocks < 2:
+            raise ValueError("kv_cache_memory: too small for two KV blocks")
+        attn = self.model.layers[0].self_attn
+        shape = (num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim)
+        self.kv_caches = [
+            (torch.zeros(shape, dtype=self.dtype, device=self.device),
+             torch.zeros(shape, dtype=self.dtype, device=self.device))
+            for _ in self.model.layers
+        ]
+        self.num_blocks = num_blocks
+        return num_blocks
+
+    def _profile_gpu_blocks(self) -> int:
+        """Blocks that fit in `gpu_memory_utilization` after a worst-case forward."""
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        num_tokens = min(self.config.max_num_batched_tokens, self.max_model_len)
+        probe_blocks = (num_tokens + self.block_size - 1) // self.block_size
+        attn = self.model.layers[0].self_attn
+        shape = (probe_blocks, self.block_size, attn.num_kv_heads, attn.head_dim)
+        caches = [(torch.zeros(shape, dtype=self.dtype, device=self.device),
+                   torch.zeros(shape, dtype=self.dtype, device=self.device))
+                  for _ in self.model.layers]
+        ids = torch.zeros(num_tokens, dtype=torch.long, device=self.device)
+        positions = torch.arange(num_tokens, device=self.device)
+        meta = AttentionMetadata(
+            query_start_loc=torch.tensor([0, num_tokens], dtype=torch.int32, device=self.device),
+            seq_lens=torch.tensor([num_tokens], dtype=torch.int32, device=self.device),
+            block_tables=torch.arange(probe_blocks, dtype=torch.int32,
+                                      device=self.device).unsqueeze(0),
+            slot_mapping=torch.arange(num_tokens, dtype=torch.int64, device=self.device),
+            num_decodes=0, num_decode_tokens=0, max_query_len=num_tokens,
+            max_seq_len=num_tokens, query_start_loc_cpu=[0, num_tokens],
+            seq_lens_cpu=[num_tokens],
+        )
+        with torch.inference_mode():
+            hidden = self.model(ids, positions, caches, meta)
+            self.model.compute_logits(hidden[-self.config.max_num_seqs:])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        probe_bytes = probe_blocks * self.kv_bytes_per_block
+        del caches, hidden
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        free_now, _ = torch.cuda.mem_get_info(self.device)
+        used_by_others = total - free_now - torch.cuda.memory_reserved(self.device)
+        budget = total * self.config.gpu_memory_utilization - used_by_others - (peak - probe_bytes)
+        return max(int(budget // self.kv_bytes_per_block), 0)
+
+    # ---- one step ----------------------------------------------------------------------
+
+    def prepare(self, batch: SchedulerOutput) -> StepInputs:
+        """Host-side batch building, then one host-to-device copy."""
+        bs = self.block_size
+        num_seqs = len(batch.scheduled)
+        input_ids: list[int] = []
+        starts = [0]
+        seq_lens: list[int] = []
+        logits_indices: list[int] = []
+        max_blocks = max(len(s.seq.block_table) for s in batch.scheduled)
+        block_tables = np.zeros((num_seqs, max_blocks), dtype=np.int64)
+        positions_parts = []
+        slot_parts = []
+        num_decodes = 0
+        for i, item in enumerate(batch.scheduled):
+            seq, n = item.seq, item.num_new_tokens
+            start = seq.num_computed_tokens
+            input_ids.extend(seq.token_ids[start : start + n])
+            pos = np.arange(start, start + n, dtype=np.int64)
+            table = np.asarray(seq.block_table, dtype=np.int64)
+            block_tables[i, : len(table)] = table
+            positions_parts.append(pos)
+            slot_parts.append(table[pos // bs] * bs + pos % bs)
+            starts.append(starts[-1] + n)
+            seq_lens.append(start + n)
+            if n == 1 and num_decodes == i:
+                num_decodes += 1
+            if item.samples:
+                logits_indices.append(starts[-1] - 1)
+        num_tokens = starts[-1]
+        host = np.concatenate([
+            np.asarray(input_ids, dtype=np.int64),
+            np.concatenate(positions_parts),
+            np.concatenate(slot_parts),
+            np.asarray(starts, dtype=np.int64),
+            np.asarray(seq_lens, dtype=np.int64),
+            np.asarray(logits_indices, dtype=np.int64),
+            block_tables.reshape(-1),
+        ])
+        dev = torch.from_numpy(host)
+        if self.device.type == "cuda":
+            dev = dev.pin_memory().to(self.device, non_blocking=True)
+        sizes = [num_tokens, num_tokens, num_tokens, num_seqs + 1, num_seqs,
+                 len(logits_indices), num_seqs * max_blocks]
+        ids_t, pos_t, slots_t, starts_t, lens_t, logits_t, tables_t = dev.split(sizes)
+        meta = AttentionMetadata(
+            query_start_loc=starts_t.to(torch.int32),
+            seq_lens=lens_t.to(torch.int32),
+            block_tables=tables_t.view(num_seqs, max_blocks).to(torch.int32),
+            slot_mapping=slots_t,
+            num_decodes=num_decodes,
+            num_decode_tokens=num_decodes,
+            max_query_len=max(s.num_new_tokens for s in batch.scheduled),
+            max_seq_len=max(seq_lens),
+            query_start_loc_cpu=starts,
+            seq_lens_cpu=seq_lens,
+        )
+        return StepInputs(ids_t, pos_t, logits_t, meta)
+
+    @torch.inference_mode()
+    def execute(self, batch: SchedulerOutput) -> torch.Tensor:
+        """Run one step; returns float32 logits [num_sampling_seqs, vocab]."""
+        inputs = self.prepare(batch)
+        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+        return self.model.compute_logits(hidden[inputs.logits_indices])

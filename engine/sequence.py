@@ -1,0 +1,82 @@
+"""A sequence: one completion being generated. It owns its tokens, counters and block table."""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any
+
+from .detokenizer import IncrementalDetokenizer
+from .outputs import TokenLogprob
+
+if TYPE_CHECKING:
+    import torch
+
+    from .request import Request
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class Sequence:
+    """The tokens of one completion and how far the KV cache has computed them.
+
+    Invariants: `num_computed_tokens <= num_tokens`; the block table covers at least
+    `num_computed_tokens` slots; `block_hashes[i]` is the hash of full block `i` once it is
+    registered in the prefix cache. Prefill, chunked prefill, prefix-cache hits, decode and
+    fast-forward are all "advance num_computed_tokens towards num_tokens".
+    """
+
+    def __init__(self, seq_id: int, request: Request, index: int, tokenizer: Any,
+                 generator: torch.Generator | None):
+        self.seq_id = seq_id
+        self.request = request
+        self.index = index
+        self.params = request.params
+        self.token_ids: list[int] = list(request.prompt_token_ids)
+        self.num_prompt_tokens = len(self.token_ids)
+        self.num_computed_tokens = 0
+        self.block_table: list[int] = []
+        self.block_hashes: list[int] = []
+        self.status = SequenceStatus.WAITING
+        self.generator = generator
+        self.matcher: Any = None  # grammar matcher (a MaskProcessor), once compiled
+        self.finish_reason: str | None = None
+        self.stop_reason: str | int | None = None
+        self.logprobs: list[TokenLogprob] | None = [] if self.params.logprobs is not None else None
+        self.detokenizer = IncrementalDetokenizer(
+            tokenizer, self.token_ids, self.params.skip_special_tokens
+        )
+        self.num_sampled_tokens = 0
+        self.num_forced_tokens = 0
+        self.num_preemptions = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.num_prompt_tokens
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_uncomputed_tokens(self) -> int:
+        return len(self.token_ids) - self.num_computed_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    @property
+    def arrival_order(self) -> tuple[int, int]:
+        return (self.request.arrival_index, self.index)
+
+    def __repr__(self) -> str:
+        return (f"Sequence({self.request.request_id}#{self.index}, tokens={self.num_tokens}, "
+                f"computed={self.num_computed_tokens}, {self.status.value})")
