@@ -1,0 +1,332 @@
+"""Model text -> content and tool calls, incrementally.
+
+One `ToolCallParser` per completion. It reads the text one character at a time, so what it
+reports depends only on the text, never on how the text was cut into deltas: the streamed
+events, joined, always equal the final `content` and `tool_calls` (which are built from the
+very same events).
+
+Rules, for the format in `call_format`:
+- Text outside calls is content. Text that may still turn into the call marker is held back
+  until it cannot; whitespace next to a call (before it, between calls, after the last) is
+  dropped, and trailing whitespace is dropped once any call was made.
+- A call becomes a call (first delta: index, id, name) once `<tool_call>`, `{` and a string
+  "name" value have been read. Its "arguments" (or "parameters") value is streamed as raw
+  JSON text as it arrives; a call without arguments gets "{}".
+- A block that breaks the format before its name is known is given back as content.
+  After the name, anything malformed up to `</tool_call>` is skipped.
+- `</tool_call>` ends a call; a new `<tool_call>` or the end of the text also does, and any
+  other text after the call's object ends it and goes back to content.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from corral.tools.call_format import CALL_END, CALL_START
+from corral.tools.events import (
+    ContentDelta,
+    Event,
+    ToolCall,
+    ToolCallDelta,
+    coalesce,
+    new_call_id,
+)
+from corral.tools.functions import parse_tools
+
+_ARGUMENT_KEYS = ("arguments", "parameters")
+
+
+class ToolCallParser:
+    """Streaming and final parser of one completion's text (see the module docstring)."""
+
+    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+        self.function_names = [spec.name for spec in parse_tools(tools)]
+        self._pending: list[Event] = []  # emitted since the last feed() returned
+        self._is_finished = False
+        self._content_parts: list[str] = []
+        self._calls: list[dict[str, str]] = []  # id, name, arguments per index
+        # Text mode.
+        self._in_call = False
+        self._ws_hold = ""  # whitespace not yet known to be content
+        self._marker_hold = ""  # a prefix of CALL_START not yet known to be content
+        self._is_after_call = False  # no content since the last call ended
+        # Call mode.
+        self._reset_call("")
+
+    # -- public interface ------------------------------------------------------------------
+
+    def feed(self, text: str) -> list[Event]:
+        """Read the next piece of text; return the events it completes."""
+        if self._is_finished:
+            raise ValueError("text: the parser was already finished")
+        for c in text:
+            self._step(c)
+        return self._drain()
+
+    def finish(self) -> list[Event]:
+        """Flush at the end of the text: held text and an open call are settled."""
+        if self._is_finished:
+            return []
+        while self._in_call and self._call_index is None:
+            self._release()
+        if self._in_call:
+            self._close_call()
+        if self._marker_hold:
+            held, self._marker_hold = self._marker_hold, ""
+            self._emit_text(held)
+        if self._ws_hold and not self._calls:
+            self._emit_content(self._ws_hold)
+        self._ws_hold = ""
+        self._is_finished = True
+        return self._drain()
+
+    @property
+    def content(self) -> str | None:
+        """Text outside calls, or None when there is none."""
+        text = "".join(self._content_parts)
+        return text or None
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The calls read so far (a call still open shows its arguments so far)."""
+        return [ToolCall(c["id"], c["name"], c["arguments"]) for c in self._calls]
+
+    # -- emitting ----------------------------------------------------------------------------
+
+    def _drain(self) -> list[Event]:
+        events, self._pending = coalesce(self._pending), []
+        return events
+
+    def _emit(self, event: Event) -> None:
+        self._pending.append(event)
+        if isinstance(event, ContentDelta):
+            self._content_parts.append(event.text)
+            return
+        if event.id is not None:
+            self._calls.append({"id": event.id, "name": event.name or "", "arguments": ""})
+        self._calls[event.index]["arguments"] += event.arguments
+
+    def _emit_content(self, text: str) -> None:
+        if text:
+            self._emit(ContentDelta(text))
+
+    def _emit_text(self, text: str) -> None:
+        """Emit content that starts with a non-whitespace character."""
+        if self._ws_hold and not self._is_after_call:
+            self._emit_content(self._ws_hold)
+        self._ws_hold = ""
+        self._is_after_call = False
+        self._emit_content(text)
+
+    def _emit_arguments(self, fragment: str) -> None:
+        if fragment:
+            self._emit(ToolCallDelta(self._call_index, None, None, fragment))
+
+    # -- text mode -------------------------------------------------------------------------
+
+    def _feed_text(self, text: str) -> None:
+        for c in text:
+            self._step(c)
+
+    def _step(self, c: str) -> None:
+        if self._in_call:
+            self._step_call(c)
+        elif self._marker_hold or c == CALL_START[0]:
+            self._marker_hold += c
+            if self._marker_hold == CALL_START:
+                self._marker_hold = ""
+                self._open_call()
+            elif not CALL_START.startswith(self._marker_hold):
+                held, self._marker_hold = self._marker_hold, ""
+                self._emit_text(held[0])
+                self._feed_text(held[1:])
+        elif c.isspace():
+            self._ws_hold += c
+        else:
+            self._emit_text(c)
+
+    # -- call mode -------------------------------------------------------------------------
+
+    def _reset_call(self, dropped_ws: str) -> None:
+        self._state = "pre"  # pre|key|key_str|colon|value|after_value|post|skip
+        self._raw = ""  # text read since the marker
+        self._dropped_ws = dropped_ws
+        self._call_index: int | None = None
+        self._name: str | None = None
+        self._args_buf: str | None = None  # arguments read before the name
+        self._args_state = "none"  # none|open|done
+        self._key_buf = ""
+        self._key: str | None = None
+        self._val_buf = ""
+        self._val_depth = 0
+        self._val_in_str = False
+        self._val_escape = False
+        self._val_is_primitive = False
+        self._post_buf = ""
+
+    def _open_call(self) -> None:
+        dropped, self._ws_hold = self._ws_hold, ""
+        self._in_call = True
+        self._reset_call(dropped)
+
+    def _release(self) -> None:
+        """Give a block that broke the format before its name back as content."""
+        rest = self._raw
+        self._in_call = False
+        self._ws_hold = self._dropped_ws
+        self._emit_text(CALL_START)
+        self._feed_text(rest)
+
+    def _close_call(self) -> None:
+        if self._args_state == "none":
+            self._emit_arguments("{}")
+        self._in_call = False
+        self._is_after_call = True
+        self._reset_call("")
+
+    def _commit(self, name: str) -> None:
+        self._call_index = len(self._calls)
+        self._name = name
+        self._emit(ToolCallDelta(self._call_index, new_call_id(), name, ""))
+        if self._args_buf is not None:
+            self._emit_arguments(self._args_buf)
+            self._args_state = "done"
+
+    def _step_call(self, c: str) -> None:
+        self._raw += c
+        state = self._state
+        if state == "value":
+            self._step_value(c)
+        elif state == "key_str":
+            self._key_buf += c
+            if self._val_escape:
+                self._val_escape = False
+            elif c == "\\":
+                self._val_escape = True
+            elif c == '"':
+                try:
+                    self._key = json.loads(self._key_buf)
+                except json.JSONDecodeError:
+                    self._fail()
+                    return
+                self._state = "colon"
+        elif state == "post":
+            self._step_post(c)
+        elif state == "skip":
+            self._post_buf = (self._post_buf + c)[-len(CALL_END):]
+            if self._post_buf.endswith(CALL_END):
+                self._close_call()
+        elif c.isspace():
+            return
+        elif state == "pre":
+            if c == "{":
+                self._state = "key"
+            else:
+                self._fail()
+        elif state == "key":
+            if c == '"':
+                self._state, self._key_buf = "key_str", '"'
+            elif c == "}":
+                self._end_object()
+            else:
+                self._fail()
+        elif state == "colon":
+            if c == ":":
+                self._start_value()
+            else:
+                self._fail()
+        elif state == "after_value":
+            if c == ",":
+                self._state = "key"
+            elif c == "}":
+                self._end_object()
+            else:
+                self._fail()
+
+    def _fail(self) -> None:
+        """The block broke the format; callers return right after (state may be new)."""
+        if self._call_index is None:
+            self._release()
+        else:
+            self._state, self._post_buf = "skip", ""
+
+    def _end_object(self) -> None:
+        if self._call_index is None:
+            self._fail()
+        else:
+            self._state, self._post_buf = "post", ""
+
+    # -- values of the call object ---------------------------------------------------------
+
+    def _start_value(self) -> None:
+        self._state = "value"
+        self._val_buf = ""
+        self._val_depth = 0
+        self._val_in_str = self._val_escape = self._val_is_primitive = False
+
+    def _is_streaming_arguments(self) -> bool:
+        return self._key in _ARGUMENT_KEYS and self._args_state != "done"
+
+    def _step_value(self, c: str) -> None:
+        if not self._val_buf:
+            if c.isspace():
+                return
+            self._val_is_primitive = c not in '"{['
+            if self._is_streaming_arguments():
+                self._args_state = "open"
+        elif self._val_is_primitive and (c.isspace() or c in ",}"):
+            self._raw = self._raw[:-1]  # c is read again after the value
+            self._end_value()
+            self._step(c)
+            return
+        self._val_buf += c
+        if self._is_streaming_arguments() and self._call_index is not None:
+            self._emit_arguments(c)
+        if self._val_is_primitive:
+            return
+        if self._val_in_str:
+            if self._val_escape:
+                self._val_escape = False
+            elif c == "\\":
+                self._val_escape = True
+            elif c == '"':
+                self._val_in_str = False
+        elif c == '"':
+            self._val_in_str = True
+        elif c in "{[":
+            self._val_depth += 1
+        elif c in "}]":
+            self._val_depth -= 1
+        if not self._val_in_str and self._val_depth <= 0:
+            self._end_value()
+
+    def _end_value(self) -> None:
+        self._state = "after_value"
+        if self._key in _ARGUMENT_KEYS and self._args_state != "done":
+            self._args_state = "done"
+            if self._call_index is None:
+                self._args_buf = self._val_buf
+        elif self._key == "name" and self._call_index is None:
+            try:
+                name = json.loads(self._val_buf)
+            except json.JSONDecodeError:
+                name = None
+            if isinstance(name, str) and name:
+                self._commit(name)
+            else:
+                self._fail()
+
+    def _step_post(self, c: str) -> None:
+        if not self._post_buf and c.isspace():
+            return
+        self._post_buf += c
+        if self._post_buf == CALL_END:
+            self._close_call()
+        elif self._post_buf == CALL_START:
+            self._close_call()
+            self._open_call()
+        elif not (CALL_END.startswith(self._post_buf) or CALL_START.startswith(self._post_buf)):
+            held = self._post_buf
+            self._close_call()
+            self._feed_text(held)
