@@ -1,0 +1,178 @@
+"""`GrammarCompiler`: constraints -> `CompiledGrammar`s, cached, off-thread, under a deadline."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Sequence
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+
+from corral.engine.sampling_params import StructuredOutputsParams
+from corral.grammars.llguidance_backend import LLGuidanceBackend
+from corral.grammars.matcher import CompiledGrammar
+from corral.grammars.outlines_backend import OutlinesBackend
+from corral.grammars.registry import GrammarRegistry
+from corral.grammars.spec import BACKENDS, GrammarSpec, normalize_spec
+
+CacheKey = tuple[str, str, str, str]  # (kind, canonical text, backend, tokenizer fingerprint)
+
+
+class GrammarCompiler:
+    """Compiles structured-output constraints for one tokenizer.
+
+    `vocab_size` is the model's logits width (it may exceed `len(tokenizer)`); masks are
+    `[rows, ceil(vocab_size/32)]`. `default_backend` is used unless a spec names its own.
+    `timeout` is the compile deadline in seconds (queueing included). `json_whitespace` is
+    a regex for the whitespace allowed at each JSON whitespace position (matched at most
+    once); None keeps JSON compact. Results (refusals too) are cached by
+    (kind, canonical spec, backend, tokenizer).
+    """
+
+    def __init__(self, tokenizer, vocab_size: int, eos_token_ids: Sequence[int],
+                 default_backend: str = "llguidance", timeout: float = 10.0,
+                 max_workers: int = 2, cache_size: int = 1024,
+                 json_whitespace: str | None = None) -> None:
+        if default_backend not in BACKENDS:
+            raise ValueError(
+                f"default_backend: must be one of {BACKENDS} (got {default_backend!r})")
+        if not isinstance(vocab_size, int) or vocab_size < 1:
+            raise ValueError(f"vocab_size: must be a positive integer (got {vocab_size!r})")
+        if not eos_token_ids or not all(isinstance(t, int) and 0 <= t < vocab_size
+                                        for t in eos_token_ids):
+            raise ValueError(
+                f"eos_token_ids: must be token ids below vocab_size (got {eos_token_ids!r})")
+        if not timeout > 0:
+            raise ValueError(f"timeout: must be positive (got {timeout!r})")
+        if not isinstance(max_workers, int) or max_workers < 1:
+            raise ValueError(f"max_workers: must be a positive integer (got {max_workers!r})")
+        self.vocab_size = vocab_size
+        self.eos_token_ids = list(eos_token_ids)
+        self.default_backend = default_backend
+        self.timeout = float(timeout)
+        self._llguidance = LLGuidanceBackend(tokenizer, vocab_size, self.eos_token_ids,
+                                             json_whitespace)
+        self._outlines = OutlinesBackend(self._llguidance.lltok, vocab_size, self.eos_token_ids,
+                                         json_whitespace)
+        self.tokenizer_fingerprint = _fingerprint(tokenizer, vocab_size, self.eos_token_ids)
+        self._cache: OrderedDict[CacheKey, CompiledGrammar | ValueError] = OrderedDict()
+        self._cache_size = cache_size
+        self._inflight: dict[CacheKey, Future] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="corral-grammar")
+        self.compile_times: dict[str, deque[float]] = {b: deque(maxlen=4096) for b in BACKENDS}
+        self.registry = GrammarRegistry(self)
+
+    def resolve(self, spec: StructuredOutputsParams | GrammarSpec) -> GrammarSpec:
+        """The canonical spec with its backend chosen and any grammar name looked up."""
+        resolved = normalize_spec(spec)
+        if resolved.kind == "grammar_name":
+            entry = self.registry.get(resolved.text)
+            return entry.spec.with_backend(resolved.backend or entry.spec.backend)
+        return resolved.with_backend(resolved.backend or self.default_backend)
+
+    def validate(self, spec: StructuredOutputsParams | GrammarSpec) -> None:
+        """Fast checks (no token automaton is built); ValueError naming the problem."""
+        resolved = self.resolve(spec)
+        with self._lock:
+            found = self._cached(self._key(resolved))
+        if isinstance(found, ValueError):
+            raise found
+        if found is not None:
+            return
+        self._backend(resolved.backend).validate(resolved)
+
+    def compile(self, spec: StructuredOutputsParams | GrammarSpec) -> CompiledGrammar:
+        """Compile now (cached, under the deadline); ValueError on refusal or timeout."""
+        return self.submit(spec).result()
+
+    def submit(self, spec: StructuredOutputsParams | GrammarSpec) -> Future:
+        """Compile in the pool; the future fails with ValueError on refusal or after `timeout`."""
+        outer: Future = Future()
+        try:
+            resolved = self.resolve(spec)
+        except ValueError as e:
+            outer.set_exception(e)
+            return outer
+        key = self._key(resolved)
+        with self._lock:
+            found = self._cached(key)
+            if found is None and key in self._inflight:
+                return self._inflight[key]
+            if found is None:
+                self._inflight[key] = outer
+        if found is not None:
+            _settle(outer, found)
+            return outer
+        timer = threading.Timer(self.timeout, self._expire, (key, outer))
+        timer.daemon = True
+        timer.start()
+
+        def done(inner: Future) -> None:
+            timer.cancel()
+            _settle(outer, inner.exception() or inner.result())
+
+        self._pool.submit(self._compile_now, resolved, key).add_done_callback(done)
+        return outer
+
+    def shutdown(self) -> None:
+        """Stop the compile pool (pending compiles are cancelled)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _compile_now(self, spec: GrammarSpec, key: CacheKey) -> CompiledGrammar | ValueError:
+        start = time.perf_counter()
+        try:
+            factory = self._backend(spec.backend).compile(spec)
+            result: CompiledGrammar | ValueError = CompiledGrammar(
+                spec.kind, spec.text, spec.backend, time.perf_counter() - start, factory)
+            self.compile_times[spec.backend].append(result.compile_time_s)
+        except ValueError as e:
+            result = e
+        except Exception as e:  # noqa: BLE001 - a backend crash refuses this spec only
+            result = ValueError(f"structured_outputs: {spec.backend} failed to compile ({e})")
+        with self._lock:
+            self._cache[key] = result
+            self._cache.move_to_end(key)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            self._inflight.pop(key, None)
+        return result
+
+    def _expire(self, key: CacheKey, outer: Future) -> None:
+        with self._lock:
+            if self._inflight.get(key) is outer:
+                del self._inflight[key]
+        _settle(outer, ValueError(
+            f"structured_outputs: grammar compile timed out after {self.timeout:g}s"))
+
+    def _cached(self, key: CacheKey) -> CompiledGrammar | ValueError | None:
+        found = self._cache.get(key)
+        if found is not None:
+            self._cache.move_to_end(key)
+        return found
+
+    def _key(self, spec: GrammarSpec) -> CacheKey:
+        return (spec.kind, spec.text, spec.backend, self.tokenizer_fingerprint)
+
+    def _backend(self, name: str | None) -> LLGuidanceBackend | OutlinesBackend:
+        return self._outlines if name == "outlines" else self._llguidance
+
+
+def _settle(future: Future, result: CompiledGrammar | BaseException) -> None:
+    """Complete `future` once; later attempts (deadline vs. finish) are ignored."""
+    try:
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
+def _fingerprint(tokenizer, vocab_size: int, eos_token_ids: list[int]) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    digest = hashlib.sha256(text.encode("utf-8"))
+    digest.update(repr((vocab_size, eos_token_ids)).encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,154 @@
+"""The llguidance backend: every kind (JSON Schema, regex, choice, Lark) as an `LLMatcher`.
+
+JSON Schemas compile strictly (`lenient: false`, no `oneOf` coercion): a keyword or format
+llguidance cannot enforce is refused with its name. JSON whitespace is compact by default
+(no free whitespace anywhere, so a model cannot loop on blanks).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+import llguidance
+import llguidance.hf
+import torch
+from corral.grammars.errors import grammar_error, json_schema_error
+from corral.grammars.matcher import Matcher
+from corral.grammars.spec import GrammarSpec
+
+_LIMITS = llguidance.LLParserLimits(verbose_errors=False)
+
+
+class LLGuidanceBackend:
+    """Compiles specs into llguidance matchers for one tokenizer."""
+
+    name = "llguidance"
+
+    def __init__(self, tokenizer, vocab_size: int, eos_token_ids: Sequence[int],
+                 json_whitespace: str | None = None) -> None:
+        self.vocab_size = vocab_size
+        self.eos_token_ids = list(eos_token_ids)
+        self.json_whitespace = json_whitespace
+        self.lltok = llguidance.hf.from_tokenizer(
+            tokenizer, n_vocab=vocab_size, eos_token=self.eos_token_ids
+        )
+
+    def json_options(self) -> dict:
+        """Compile options forced on every schema (they override a schema's `x-guidance`)."""
+        options = {"lenient": False, "coerce_one_of": False, "item_separator": ",",
+                   "key_separator": ":", "whitespace_flexible": False}
+        if self.json_whitespace is not None:
+            options["whitespace_pattern"] = self.json_whitespace
+        return options
+
+    def grammar_text(self, spec: GrammarSpec) -> str:
+        """The llguidance grammar definition for `spec` (not yet checked)."""
+        if spec.kind == "json":
+            return llguidance.LLMatcher.grammar_from_json_schema(
+                spec.text, overrides=self.json_options())
+        if spec.kind == "json_object":
+            return llguidance.LLMatcher.grammar_from_json_schema(
+                '{"type":"object"}', overrides=self.json_options())
+        if spec.kind in ("regex", "choice"):
+            return llguidance.LLMatcher.grammar_from_regex(spec.text)
+        if spec.kind == "grammar":
+            return llguidance.LLMatcher.grammar_from_lark(spec.text)
+        raise ValueError(
+            f"structured_outputs.{spec.kind}: not a kind the llguidance backend compiles")
+
+    def validate(self, spec: GrammarSpec) -> None:
+        """Check `spec` without the tokenizer (fast); ValueError naming the problem."""
+        self._check(spec, self.grammar_text(spec), with_tokenizer=False)
+
+    def compile(self, spec: GrammarSpec):
+        """A factory of fresh matchers for `spec`; ValueError if llguidance refuses it."""
+        grammar = self.grammar_text(spec)
+        template = llguidance.LLMatcher(self.lltok, grammar, log_level=0, limits=_LIMITS)
+        if template.is_error():
+            raise _refusal(spec, template.get_error())
+        lock = threading.Lock()
+
+        def factory() -> LLGuidanceMatcher:
+            with lock:
+                inner = template.deep_copy()
+            return LLGuidanceMatcher(inner, self.eos_token_ids)
+
+        return factory
+
+    def _check(self, spec: GrammarSpec, grammar: str, with_tokenizer: bool) -> None:
+        is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(
+            grammar, self.lltok if with_tokenizer else None, limits=_LIMITS)
+        if is_error:
+            raise _refusal(spec, messages[0] if messages else "unknown error")
+
+
+def _refusal(spec: GrammarSpec, message: str) -> ValueError:
+    if spec.kind in ("json", "json_object"):
+        return json_schema_error("llguidance", message)
+    return grammar_error(spec, message)
+
+
+class LLGuidanceMatcher(Matcher):
+    """A `Matcher` over one `llguidance.LLMatcher`."""
+
+    def __init__(self, inner: llguidance.LLMatcher, eos_token_ids: Sequence[int]) -> None:
+        self.inner = inner
+        self._eos_token_ids = list(eos_token_ids)
+        self._num_accepted = 0
+
+    def accept_token(self, token_id: int) -> bool:
+        ok = self.inner.consume_token(int(token_id))
+        if ok:
+            self._num_accepted += 1
+        return ok
+
+    def rollback(self, num_tokens: int) -> None:
+        if num_tokens < 0 or num_tokens > self._num_accepted:
+            raise ValueError(
+                f"num_tokens: cannot roll back {num_tokens} of {self._num_accepted} tokens")
+        if num_tokens and not self.inner.rollback(num_tokens):
+            raise ValueError(f"num_tokens: rollback of {num_tokens} failed ({self.error_message})")
+        self._num_accepted -= num_tokens
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        target = bitmask[row]
+        if self.inner.is_error():
+            fill_eos_only(target, self._eos_token_ids)
+            return
+        self.inner.unsafe_compute_mask_ptr(target.data_ptr(), target.numel() * 4)
+
+    def is_terminated(self) -> bool:
+        return self.inner.is_stopped() and not self.inner.is_error()
+
+    def is_error(self) -> bool:
+        return self.inner.is_error()
+
+    @property
+    def error_message(self) -> str | None:
+        if not self.inner.is_error():
+            return None
+        return self.inner.get_error() or "matcher error"
+
+    def forced_tokens(self) -> list[int]:
+        if self.inner.is_error() or self.inner.is_stopped():
+            return []
+        return list(self.inner.compute_ff_tokens())
+
+    def can_end(self) -> bool:
+        return self.inner.is_accepting() and not self.inner.is_error()
+
+    @property
+    def num_accepted(self) -> int:
+        return self._num_accepted
+
+
+def fill_eos_only(target: torch.Tensor, eos_token_ids: Sequence[int]) -> None:
+    """Write a one-row mask `[words]` that allows only the EOS tokens."""
+    target.zero_()
+    for token_id in eos_token_ids:
+        word, bit = divmod(token_id, 32)
+        if word < target.numel():
+            value = int(target[word]) | (1 << bit)
+            target[word] = value - (1 << 32) if value >= 1 << 31 else value
+

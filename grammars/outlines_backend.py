@@ -1,0 +1,215 @@
+"""The outlines-core backend: JSON Schema, regex and choice as a token-level DFA (`Index`).
+
+Schemas are checked first (`outlines_schema_check`) so that no keyword is silently dropped.
+Each compiled index keeps a per-state cache of packed masks shared by all its matchers, so
+filling a row is one copy after the first visit of a state.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+
+import llguidance
+import outlines_core
+import torch
+from corral.engine.logits_process import bitmask_from_token_ids
+from corral.grammars.errors import grammar_error, json_schema_error
+from corral.grammars.llguidance_backend import fill_eos_only
+from corral.grammars.matcher import Matcher
+from corral.grammars.outlines_schema_check import check_outlines_schema
+from corral.grammars.spec import GrammarSpec
+from outlines_core.json_schema import build_regex_from_schema
+
+_JSON_OBJECT = '{"type":"object"}'
+
+
+class OutlinesBackend:
+    """Compiles json / json_object / regex / choice specs with outlines-core."""
+
+    name = "outlines"
+
+    def __init__(self, lltok, vocab_size: int, eos_token_ids: Sequence[int],
+                 json_whitespace: str | None = None) -> None:
+        self.vocab_size = vocab_size
+        self.eos_token_ids = list(eos_token_ids)
+        self.json_whitespace = json_whitespace or ""
+        self._lltok = lltok
+        self._vocabulary: outlines_core.Vocabulary | None = None
+        self._lock = threading.Lock()
+
+    def vocabulary(self) -> outlines_core.Vocabulary:
+        """The token-bytes vocabulary (built once, from the llguidance tokenizer's bytes)."""
+        with self._lock:
+            if self._vocabulary is None:
+                by_bytes: dict[bytes, list[int]] = {}
+                eos = set(self.eos_token_ids)
+                for token_id in range(min(self.vocab_size, self._lltok.vocab_size)):
+                    if token_id in eos or self._lltok.is_special_token(token_id):
+                        continue
+                    piece = self._lltok.decode_bytes([token_id])
+                    if piece:
+                        by_bytes.setdefault(piece, []).append(token_id)
+                self._vocabulary = outlines_core.Vocabulary(self.eos_token_ids[0], by_bytes)
+            return self._vocabulary
+
+    def regex_for(self, spec: GrammarSpec) -> str:
+        """The regex outlines-core compiles for `spec`; ValueError when it cannot be enforced."""
+        if spec.kind in ("regex", "choice"):
+            return spec.text
+        if spec.kind in ("json", "json_object"):
+            text = _JSON_OBJECT if spec.kind == "json_object" else spec.text
+            check_outlines_schema(json.loads(text))
+            try:
+                return build_regex_from_schema(text, self.json_whitespace)
+            except Exception as e:  # noqa: BLE001 - outlines-core raises bare exceptions
+                raise json_schema_error("outlines", str(e)) from None
+        raise ValueError(
+            f"structured_outputs.{spec.kind}: the outlines backend compiles only json, "
+            "json_object, regex and choice; use backend='llguidance'")
+
+    def validate(self, spec: GrammarSpec) -> None:
+        """Fast check: keyword support and regex syntax (no token index is built)."""
+        regex = self.regex_for(spec)
+        if spec.kind in ("regex", "choice"):
+            _check_regex_syntax(spec, regex)
+
+    def compile(self, spec: GrammarSpec):
+        """A factory of fresh matchers for `spec`; ValueError if outlines-core refuses it."""
+        regex = self.regex_for(spec)
+        try:
+            index = outlines_core.Index(regex, self.vocabulary())
+        except Exception as e:  # noqa: BLE001
+            field = spec.kind if spec.kind in ("regex", "choice") else "json"
+            raise ValueError(f"structured_outputs.{field}: outlines cannot compile it ({e})") \
+                from None
+        table = _MaskTable(index, self.vocab_size, self.eos_token_ids)
+        return lambda: OutlinesMatcher(table)
+
+
+def _check_regex_syntax(spec: GrammarSpec, regex: str) -> None:
+    """Both backends parse Rust-regex syntax; llguidance's checker gives the clearer message."""
+    grammar = llguidance.LLMatcher.grammar_from_regex(regex)
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, None)
+    if is_error:
+        raise grammar_error(spec, messages[0] if messages else "invalid regex")
+
+
+class _MaskTable:
+    """Per-state packed masks of one index, filled lazily; shared by its matchers."""
+
+    def __init__(self, index: outlines_core.Index, vocab_size: int,
+                 eos_token_ids: Sequence[int]) -> None:
+        self.index = index
+        self.vocab_size = vocab_size
+        self.eos_token_ids = list(eos_token_ids)
+        self.initial_state = index.get_initial_state()
+        self._masks: dict[int, torch.Tensor] = {}  # state -> int32 [words]
+        self._allowed: dict[int, list[int]] = {}
+        self._lock = threading.Lock()
+
+    def allowed(self, state: int) -> list[int]:
+        """Allowed token ids at `state` (EOS ids included where the regex may end)."""
+        found = self._allowed.get(state)
+        if found is None:
+            found = [t for t in self.index.get_allowed_tokens(state) or []
+                     if t not in self.eos_token_ids]
+            if self.index.is_final_state(state):
+                found.extend(self.eos_token_ids)
+            with self._lock:
+                self._allowed[state] = found
+        return found
+
+    def mask(self, state: int) -> torch.Tensor:
+        found = self._masks.get(state)
+        if found is None:
+            found = bitmask_from_token_ids(self.allowed(state), self.vocab_size)
+            with self._lock:
+                self._masks[state] = found
+        return found
+
+
+class OutlinesMatcher(Matcher):
+    """A `Matcher` walking an outlines-core index; its state history allows rollback."""
+
+    def __init__(self, table: _MaskTable) -> None:
+        self._table = table
+        self._states = [table.initial_state]  # state after each accepted token
+        self._ended = False  # EOS accepted (it is the last entry of _states then)
+        self._error: str | None = None
+
+    def accept_token(self, token_id: int) -> bool:
+        if self._error is not None:
+            return False
+        token_id = int(token_id)
+        state = self._states[-1]
+        table = self._table
+        if self._ended:
+            self._error = f"token {token_id} after the end of the grammar"
+            return False
+        if token_id in table.eos_token_ids:
+            if not table.index.is_final_state(state):
+                self._error = f"EOS token {token_id} before the grammar is complete"
+                return False
+            self._ended = True
+            self._states.append(state)
+            return True
+        nxt = table.index.get_next_state(state, token_id)
+        if nxt is None:
+            self._error = f"token {token_id} is not allowed by the grammar"
+            return False
+        self._states.append(nxt)
+        return True
+
+    def rollback(self, num_tokens: int) -> None:
+        if num_tokens < 0 or num_tokens > len(self._states) - 1:
+            raise ValueError(
+                f"num_tokens: cannot roll back {num_tokens} of {len(self._states) - 1} tokens")
+        if num_tokens:
+            del self._states[-num_tokens:]
+            self._ended = False
+        self._error = None
+
+    def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
+        if self._error is not None or self._ended:
+            fill_eos_only(bitmask[row], self._table.eos_token_ids)
+            return
+        bitmask[row].copy_(self._table.mask(self._states[-1])[: bitmask.shape[1]])
+
+    def is_terminated(self) -> bool:
+        if self._error is not None:
+            return False
+        if self._ended:
+            return True
+        allowed = self._table.allowed(self._states[-1])
+        return all(t in self._table.eos_token_ids for t in allowed)
+
+    def is_error(self) -> bool:
+        return self._error is not None
+
+    @property
+    def error_message(self) -> str | None:
+        return self._error
+
+    def forced_tokens(self) -> list[int]:
+        if self._error is not None or self._ended:
+            return []
+        forced: list[int] = []
+        state = self._states[-1]
+        table = self._table
+        while len(forced) < 64 and not table.index.is_final_state(state):
+            allowed = table.allowed(state)
+            if len(allowed) != 1:
+                break
+            forced.append(allowed[0])
+            state = table.index.get_next_state(state, allowed[0])
+        return forced
+
+    def can_end(self) -> bool:
+        return self._error is None and not self._ended and \
+            self._table.index.is_final_state(self._states[-1])
+
+    @property
+    def num_accepted(self) -> int:
+        return len(self._states) - 1
