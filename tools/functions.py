@@ -107,7 +107,7 @@ def _parse_parameters(parameters: Any, where: str) -> dict[str, Any]:
     try:
         jsonschema.Draft202012Validator.check_schema(schema)
     except jsonschema.SchemaError as e:
-        path = "".join(f"[{p!r}]" for p in e.absolute_path)
+        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path)
         raise ValueError(f"{where}{path}: not a valid JSON Schema ({e.message})") from None
     return schema
 

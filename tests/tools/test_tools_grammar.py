@@ -1,0 +1,143 @@
+"""The tool grammar, run through llguidance on the real tokenizer: valid calls pass, others fail."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from corral.tools import format_call, tool_call_constraint
+
+from .grammar_check import is_valid_output, match_text
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather in a city.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                    "days": {"type": "integer", "minimum": 1, "maximum": 7},
+                },
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {"type": "function", "function": {"name": "get_time"}},
+    {
+        "type": "function",
+        "function": {
+            "name": "get",  # a prefix of both other names
+            "parameters": {
+                "type": "object",
+                "properties": {"url": {"type": "string", "pattern": "^https?://[a-z.]+/?#?$"}},
+                "required": ["url"],
+            },
+        },
+    },
+]
+
+PARIS = format_call("get_weather", {"city": "Paris", "unit": "celsius"})
+ROME = format_call("get_weather", {"city": "Rome", "days": 3})
+TIME = format_call("get_time", {})
+GET = format_call("get", {"url": "https://example.org/#"})
+
+BAD_CALLS = {
+    "unknown function": format_call("get_wether", {"city": "Paris"}),
+    "wrong type": format_call("get_weather", {"city": 3}),
+    "missing required": format_call("get_weather", {"unit": "celsius"}),
+    "enum violated": format_call("get_weather", {"city": "Oslo", "unit": "kelvin"}),
+    "bound violated": format_call("get_weather", {"city": "Oslo", "days": 9}),
+    "extra property": format_call("get_weather", {"city": "Oslo", "wind": True}),
+    "pattern violated": format_call("get", {"url": "ftp://x"}),
+    "no-parameter tool given arguments": format_call("get_time", {"tz": "UTC"}),
+    "not JSON": '<tool_call>\n{"name": "get_weather", "arguments": {city: Paris}}\n</tool_call>',
+    "loose whitespace": PARIS.replace('"city": ', '"city":    '),
+}
+
+
+def grammar(tool_choice, parallel=True):
+    return tool_call_constraint(TOOLS, tool_choice, parallel).grammar
+
+
+@pytest.mark.parametrize("choice", ["auto", "required"])
+@pytest.mark.parametrize("call", [PARIS, ROME, TIME, GET])
+def test_each_valid_call_is_accepted_and_may_end(ll_tokenizer, hf_tokenizer, choice, call):
+    result = match_text(ll_tokenizer, hf_tokenizer, grammar(choice), call)
+    assert result.is_consumed, result.error
+    assert result.is_accepting
+
+
+@pytest.mark.parametrize("choice", ["auto", "required",
+                                    {"type": "function", "function": {"name": "get_weather"}}])
+@pytest.mark.parametrize("reason", sorted(BAD_CALLS))
+def test_invalid_calls_are_rejected(ll_tokenizer, hf_tokenizer, choice, reason):
+    assert not is_valid_output(ll_tokenizer, hf_tokenizer, grammar(choice), BAD_CALLS[reason])
+
+
+def test_required_refuses_plain_text(ll_tokenizer, hf_tokenizer):
+    g = grammar("required")
+    assert not match_text(ll_tokenizer, hf_tokenizer, g, "The weather is nice.").is_consumed
+    assert not is_valid_output(ll_tokenizer, hf_tokenizer, g, "")
+    assert not is_valid_output(ll_tokenizer, hf_tokenizer, g, "Sure.\n" + PARIS)
+    assert not is_valid_output(ll_tokenizer, hf_tokenizer, g, PARIS + "\nDone.")
+
+
+def test_auto_accepts_text_or_calls(ll_tokenizer, hf_tokenizer):
+    g = grammar("auto")
+    for text in ["It is sunny in Paris today.", "", "Use <b>bold</b> or <tool> tags.\nOk",
+                 PARIS, "Let me check.\n" + PARIS, PARIS + "\n" + ROME + "\n" + TIME]:
+        assert is_valid_output(ll_tokenizer, hf_tokenizer, g, text), text
+
+
+def test_auto_constrains_everything_after_the_marker(ll_tokenizer, hf_tokenizer):
+    g = grammar("auto")
+    for text in ["I will call <tool_call> now", "<tool_call>\nhello", PARIS + " Done.",
+                 "x " + BAD_CALLS["wrong type"]]:
+        assert not is_valid_output(ll_tokenizer, hf_tokenizer, g, text), text
+
+
+def test_parallel_calls_follow_parallel_tool_calls(ll_tokenizer, hf_tokenizer):
+    two = PARIS + "\n" + TIME
+    for choice in ("auto", "required"):
+        assert is_valid_output(ll_tokenizer, hf_tokenizer, grammar(choice, True), two)
+        single = grammar(choice, False)
+        assert is_valid_output(ll_tokenizer, hf_tokenizer, single, PARIS)
+        assert not is_valid_output(ll_tokenizer, hf_tokenizer, single, two)
+        # After one call, only the end may follow.
+        result = match_text(ll_tokenizer, hf_tokenizer, single, PARIS + "\n")
+        assert not result.is_consumed
+
+
+def test_named_choice_forces_exactly_that_call(ll_tokenizer, hf_tokenizer):
+    g = grammar({"type": "function", "function": {"name": "get_weather"}}, parallel=True)
+    assert is_valid_output(ll_tokenizer, hf_tokenizer, g, PARIS)
+    for text in [TIME, GET, PARIS + "\n" + ROME, "Paris is sunny."]:
+        assert not is_valid_output(ll_tokenizer, hf_tokenizer, g, text), text
+
+
+def test_number_of_parallel_calls_is_bounded(ll_tokenizer, hf_tokenizer):
+    g = tool_call_constraint(TOOLS, "required", True, max_parallel_calls=3).grammar
+    assert is_valid_output(ll_tokenizer, hf_tokenizer, g, "\n".join([PARIS] * 3))
+    assert not is_valid_output(ll_tokenizer, hf_tokenizer, g, "\n".join([PARIS] * 4))
+
+
+def test_forced_call_forces_the_fixed_text(ll_tokenizer, hf_tokenizer):
+    # With one function and a named choice, everything up to the argument values is forced.
+    import llguidance
+
+    g = grammar({"type": "function", "function": {"name": "get_weather"}})
+    matcher = llguidance.LLMatcher(ll_tokenizer, g, log_level=0)
+    forced = matcher.compute_ff_bytes().decode()
+    assert forced.startswith('<tool_call>\n{"name": "get_weather", "arguments": {"')
+
+
+def test_unicode_and_escapes_in_arguments(ll_tokenizer, hf_tokenizer):
+    call = format_call("get_weather", {"city": 'Zürich "old town"\n東京'})
+    assert is_valid_output(ll_tokenizer, hf_tokenizer, grammar("required"), call)
+    args = json.loads(call.split("\n")[1])["arguments"]
+    assert args["city"].startswith("Zürich")
