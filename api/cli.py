@@ -1,0 +1,166 @@
+"""The `corral` command line: `corral serve [flags]`.
+
+Every flag can also be set by an environment variable: `--max-model-len` is
+`CORRAL_MAX_MODEL_LEN`, and so on (`CORRAL_` + the flag in upper case, dashes as
+underscores). A flag on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .state import DEFAULT_MAX_BODY_BYTES
+
+logger = logging.getLogger("corral.api")
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from `123`, `512MiB`, `2G`, `1.5GB` (binary units)."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 536870912, 512MiB, 2GiB)")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def parse_bool(text: str) -> bool:
+    value = str(text).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+def _optional_str(text: str) -> str | None:
+    return None if text.strip().lower() in ("", "none") else text
+
+
+# (flag, type, default, help); the environment variable is derived from the flag.
+_SERVE_FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
+    ("--model", _optional_str, None, "model folder, GGUF file or hub id (default: embedded "
+                                     "SmolLM2-135M-Instruct)"),
+    ("--host", str, "127.0.0.1", "address to listen on"),
+    ("--port", int, 8000, "port to listen on"),
+    ("--api-key", _optional_str, None, "require 'Authorization: Bearer KEY' on /v1 routes"),
+    ("--served-model-name", _optional_str, None, "model name clients use (default: the "
+                                                 "model's name)"),
+    ("--embedding-model", _optional_str, "all-MiniLM-L6-v2",
+     "embedding model folder or 'none' to turn /v1/embeddings off (default: embedded "
+     "all-MiniLM-L6-v2)"),
+    ("--max-model-len", int, None, "context length (default: the model's)"),
+    ("--max-num-seqs", int, None, "most sequences computed at once"),
+    ("--max-num-batched-tokens", int, None, "token budget of one engine step"),
+    ("--kv-cache-memory", parse_size, None, "KV-cache bytes on CPU (e.g. 512MiB)"),
+    ("--gpu-memory-utilization", float, None, "share of GPU memory for weights + KV cache"),
+    ("--num-blocks", int, None, "exact number of KV blocks (overrides the memory budgets)"),
+    ("--block-size", int, None, "tokens per KV block"),
+    ("--grammar-backend", str, None, "llguidance or outlines"),
+    ("--fast-forward", parse_bool, None, "append grammar-forced tokens without sampling"),
+    ("--device", str, None, "auto, cpu or cuda[:N]"),
+    ("--dtype", str, None, "auto, float32, bfloat16 or float16"),
+    ("--load-format", str, None, "auto, or dummy (random weights, for benchmarks)"),
+    ("--shape", _optional_str, None, "a built-in model shape for dummy weights (e.g. "
+                                     "llama3-8b)"),
+    ("--enforce-eager", parse_bool, None, "no CUDA graphs"),
+    ("--seed", int, None, "engine seed"),
+    ("--max-body-size", parse_size, DEFAULT_MAX_BODY_BYTES, "largest request body accepted "
+                                                            "(413 above)"),
+    ("--log-level", str, "info", "debug, info, warning or error"),
+]
+
+
+def env_name(flag: str) -> str:
+    return "CORRAL_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def build_parser(environ: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """The parser; defaults come from `environ` (the process environment by default)."""
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="corral", description="Corral LLM serving engine")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start the OpenAI-compatible server",
+                                description="Start the OpenAI-compatible HTTP server.")
+    for flag, kind, default, text in _SERVE_FLAGS:
+        name = env_name(flag)
+        if name in env:
+            try:
+                default = kind(env[name])
+            except (ValueError, argparse.ArgumentTypeError) as e:
+                parser.error(f"{name}: {e}")
+        nargs = "?" if kind is parse_bool else None
+        const = True if kind is parse_bool else None
+        extra: dict[str, Any] = {"nargs": nargs, "const": const} if nargs else {}
+        serve.add_argument(flag, type=kind, default=default, help=f"{text} [env {name}]",
+                           **extra)
+    return parser
+
+
+def engine_config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The `EngineConfig` fields the flags set (unset flags keep the config's defaults)."""
+    from dataclasses import fields
+
+    from corral.engine import EngineConfig
+
+    names = {f.name for f in fields(EngineConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    values["model"] = args.model
+    return values
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Build the engine, the embedder and the app, then run uvicorn until stopped."""
+    import uvicorn
+    from corral.engine import AsyncLLMEngine, EngineConfig
+
+    from .app import create_app
+    from .embeddings import Embedder
+    from .state import ServerSettings
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = ServerSettings(api_key=args.api_key, served_model_name=args.served_model_name,
+                                  max_body_bytes=args.max_body_size)
+        config = EngineConfig(**engine_config_kwargs(args))
+    except ValueError as e:
+        raise SystemExit(f"corral serve: {e}") from None
+    engine = AsyncLLMEngine(config)
+    embedder = Embedder(args.embedding_model) if args.embedding_model else None
+    app = create_app(engine, settings, embedder)
+    state = app.state.corral
+    kv_tokens = engine.num_kv_blocks * engine.config.block_size
+    logger.info("model %s (served as '%s'), max_model_len %d", engine.model_name,
+                state.model_name, engine.max_model_len)
+    logger.info("KV cache: %d blocks of %d tokens (%d tokens)", engine.num_kv_blocks,
+                engine.config.block_size, kv_tokens)
+    if embedder is not None:
+        logger.info("embeddings: %s (%d dimensions)", embedder.model_name, embedder.dimensions)
+    logger.info("serving the OpenAI API at http://%s:%d/v1%s", args.host, args.port,
+                " (API key required)" if settings.api_key else "")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
+                    timeout_graceful_shutdown=5)
+    finally:
+        engine.shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the `corral` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        serve(args)
+    else:  # pragma: no cover - argparse refuses unknown commands
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

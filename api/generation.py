@@ -1,0 +1,150 @@
+"""Running engine requests from the routes: errors mapped, metrics fed, aborts guaranteed.
+
+Every request's engine generator is closed (and the request aborted, freeing its blocks)
+however the route ends: normally, by an error, or because the client went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
+
+from corral.engine.outputs import RequestOutput
+from corral.engine.sampling_params import SamplingParams
+from fastapi import Request
+
+from .errors import APIError
+from .state import ServerState
+
+T = TypeVar("T")
+
+
+class ClientDisconnected(Exception):
+    """The HTTP client went away before the answer was ready."""
+
+
+async def generate(state: ServerState, prompt: str | list[int], params: SamplingParams,
+                   request_id: str) -> AsyncIterator[RequestOutput]:
+    """The engine's outputs for one request; a refusal becomes a 400 `APIError`."""
+    tracker = state.metrics.tracker()
+    stream = state.engine.generate(prompt, params, request_id)
+    finished = False
+    try:
+        try:
+            async for out in stream:
+                tracker.update(sum(len(o.token_ids) for o in out.outputs))
+                if out.finished:
+                    finished = True
+                    tracker.finish(o.finish_reason for o in out.outputs)
+                yield out
+        except ValueError as e:
+            finished = True
+            raise APIError.from_value_error(e) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await stream.aclose()
+        if not finished:
+            with contextlib.suppress(Exception):
+                await state.engine.abort(request_id)
+
+
+async def last_output(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
+    """Drain a request's outputs; the final, finished one."""
+    final = None
+    try:
+        async for out in outputs:
+            final = out
+    finally:
+        await outputs.aclose()  # type: ignore[attr-defined]
+    if final is None:
+        raise APIError("the engine returned no output", status=500, type="server_error")
+    return final
+
+
+async def until_disconnect(request: Request, work: Awaitable[T], poll: float) -> T:
+    """Await `work`, cancelling it (and so aborting its requests) if the client leaves."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=poll)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientDisconnected()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def gather_or_cancel(*works: Awaitable[T]) -> list[T]:
+    """Like `asyncio.gather`, but the first failure (or a cancel) cancels the others."""
+    tasks = [asyncio.ensure_future(w) for w in works]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def merged(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:
+    """Items of several async iterators as they come, tagged with the iterator's index."""
+    queue: asyncio.Queue[tuple[int, Any, BaseException | None, bool]] = asyncio.Queue()
+
+    async def pump(i: int, it: AsyncIterator[Any]) -> None:
+        try:
+            async for item in it:
+                await queue.put((i, item, None, False))
+            await queue.put((i, None, None, True))
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer
+            await queue.put((i, None, e, True))
+            if isinstance(e, asyncio.CancelledError):
+                raise
+        finally:
+            with contextlib.suppress(Exception):
+                await it.aclose()  # type: ignore[attr-defined]
+
+    tasks = [asyncio.create_task(pump(i, it)) for i, it in enumerate(streams)]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            i, item, err, done = await queue.get()
+            if err is not None:
+                raise err
+            if done:
+                remaining -= 1
+                continue
+            yield i, item
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def tokenize_prompt(state: ServerState, prompt: str | list[int], *, chat: bool,
+                    param: str) -> list[int]:
+    """Token ids of a prompt; chat prompts already hold their special tokens."""
+    if isinstance(prompt, str):
+        return list(state.tokenizer(prompt, add_special_tokens=not chat)["input_ids"])
+    vocab = len(state.tokenizer)
+    for t in prompt:
+        if not 0 <= t < vocab:
+            raise APIError(f"{param}: token id {t} is outside the vocabulary (0..{vocab - 1})",
+                           param=param)
+    return list(prompt)
+
+
+async def validate_constraint(state: ServerState, params: SamplingParams, param: str) -> None:
+    """Refuse a constraint the engine cannot enforce before any work starts (400)."""
+    spec = params.structured_outputs
+    if spec is None:
+        return
+    try:
+        await asyncio.to_thread(state.engine.validate_structured, spec)
+    except ValueError as e:
+        raise APIError(f"{param}: {e}", param=param, code="invalid_structured_output") from None

@@ -1,0 +1,158 @@
+"""Prometheus metrics of one server, in its own `CollectorRegistry`.
+
+Engine-wide numbers (queues, KV-cache use, prefix-cache hits, token totals, preemptions)
+are read from `engine.stats()` at scrape time; per-request latencies (TTFT, inter-token
+latency, end-to-end) are observed by the routes as outputs arrive; grammar compile and
+mask times are drained from `engine.grammar_stats()` at scrape time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0,
+                    2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1,
+                0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.5)
+_GRAMMAR_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3,
+                    5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+PREFIX = "corral"
+
+
+class _EngineCollector(Collector):
+    """Reads the engine's counters at scrape time."""
+
+    def __init__(self, engine: Any, model_name: str) -> None:
+        self._engine = engine
+        self._labels = {"model_name": model_name}
+
+    def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        g = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=list(self._labels))
+        g.add_metric(list(self._labels.values()), float(value))
+        return g
+
+    def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
+        c = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=list(self._labels))
+        c.add_metric(list(self._labels.values()), float(value))
+        return c
+
+    def collect(self) -> Iterable[Metric]:
+        s = self._engine.stats()
+        queries = float(s.prefix_cache_queries)
+        hit_rate = float(s.prefix_cache_hits) / queries if queries else 0.0
+        yield self._gauge("num_requests_running", "Requests being computed", s.num_running)
+        yield self._gauge("num_requests_waiting", "Requests waiting to be scheduled",
+                          s.num_waiting)
+        yield self._gauge("kv_cache_usage_perc", "Share of KV-cache blocks in use (0..1)",
+                          s.kv_cache_usage)
+        yield self._gauge("prefix_cache_hit_rate",
+                          "Prompt tokens found in the prefix cache / prompt tokens looked up",
+                          hit_rate)
+        yield self._counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                            s.prefix_cache_queries)
+        yield self._counter("prefix_cache_hits", "Prompt tokens found in the prefix cache",
+                            s.prefix_cache_hits)
+        yield self._counter("prompt_tokens", "Prompt tokens processed", s.prompt_tokens_total)
+        yield self._counter("generation_tokens", "Tokens generated", s.generation_tokens_total)
+        yield self._counter("num_preemptions", "Sequences preempted (recomputed later)",
+                            s.num_preemptions)
+
+
+class ServerMetrics:
+    """The registry of one app and the histograms the routes feed."""
+
+    def __init__(self, engine: Any, model_name: str) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._engine = engine
+        labels = ["model_name"]
+        self._model = model_name
+        reg = self.registry
+        self.ttft = Histogram(f"{PREFIX}_time_to_first_token_seconds", "Time to first token",
+                              labels, buckets=_LATENCY_BUCKETS, registry=reg)
+        self.itl = Histogram(f"{PREFIX}_inter_token_latency_seconds",
+                             "Time between consecutive output tokens", labels,
+                             buckets=_ITL_BUCKETS, registry=reg)
+        self.e2e = Histogram(f"{PREFIX}_e2e_request_latency_seconds",
+                             "Arrival to last token", labels, buckets=_LATENCY_BUCKETS,
+                             registry=reg)
+        self.grammar_compile = Histogram(f"{PREFIX}_grammar_compile_seconds",
+                                         "Grammar compile time", labels,
+                                         buckets=_GRAMMAR_BUCKETS, registry=reg)
+        self.grammar_mask = Histogram(f"{PREFIX}_grammar_mask_seconds",
+                                      "Time to fill one sequence's token mask", labels,
+                                      buckets=_GRAMMAR_BUCKETS, registry=reg)
+        self.requests = Counter(f"{PREFIX}_request_success", "Finished requests",
+                                labels + ["finish_reason"], registry=reg)
+        self.http_errors = Counter(f"{PREFIX}_request_errors", "Requests refused or failed",
+                                   labels + ["status"], registry=reg)
+        reg.register(_EngineCollector(engine, model_name))
+
+    def tracker(self) -> RequestTracker:
+        return RequestTracker(self)
+
+    def error(self, status: int) -> None:
+        self.http_errors.labels(self._model, str(status)).inc()
+
+    def render(self) -> bytes:
+        """The exposition text; drains the engine's grammar samples first."""
+        self._drain_grammar_stats()
+        return generate_latest(self.registry)
+
+    def _drain_grammar_stats(self) -> None:
+        getter = getattr(self._engine, "grammar_stats", None)
+        if getter is None:
+            return
+        stats = getter() or {}
+        for key, hist in (("compile_seconds", self.grammar_compile),
+                          ("mask_seconds", self.grammar_mask)):
+            for value in _samples(stats, key):
+                hist.labels(self._model).observe(value)
+
+
+def _samples(stats: dict[str, Any], key: str) -> list[float]:
+    """Samples under `key` (or any key holding its stem, e.g. `compile` or `mask`)."""
+    stem = key.split("_")[0]
+    for name, values in stats.items():
+        if name == key or stem in name:
+            if isinstance(values, (list, tuple)):
+                return [float(v) for v in values]
+    return []
+
+
+class RequestTracker:
+    """Feeds one request's latencies as its outputs arrive (any number of completions)."""
+
+    def __init__(self, metrics: ServerMetrics) -> None:
+        self._m = metrics
+        self._start = time.monotonic()
+        self._last: float | None = None
+        self._num_tokens = 0
+
+    def update(self, num_tokens: int) -> None:
+        """Called after each engine output with the total tokens generated so far."""
+        new = num_tokens - self._num_tokens
+        if new <= 0:
+            return
+        now = time.monotonic()
+        model = self._m._model
+        if self._last is None:
+            self._m.ttft.labels(model).observe(now - self._start)
+            new -= 1
+        elif new > 0:
+            gap = (now - self._last) / new
+            for _ in range(new):
+                self._m.itl.labels(model).observe(gap)
+        self._last = now
+        self._num_tokens = num_tokens
+
+    def finish(self, finish_reasons: Iterable[str | None]) -> None:
+        model = self._m._model
+        self._m.e2e.labels(model).observe(time.monotonic() - self._start)
+        for reason in finish_reasons:
+            self._m.requests.labels(model, reason or "unknown").inc()

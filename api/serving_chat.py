@@ -1,0 +1,240 @@
+"""`POST /v1/chat/completions`: prompt building, constraint, generation, response or stream."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from corral.engine.outputs import CompletionOutput, RequestOutput
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from .chat_protocol import (
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChoiceLogprobs,
+    FunctionCall,
+    ResponseMessage,
+    ToolCall,
+)
+from .errors import APIError
+from .generation import (
+    generate,
+    last_output,
+    tokenize_prompt,
+    until_disconnect,
+    validate_constraint,
+)
+from .logprobs import chat_logprobs
+from .protocol import UsageInfo
+from .sse import SSE_HEADERS, guarded_stream, sse_event
+from .state import ServerState, new_id
+
+
+@dataclass
+class PreparedChat:
+    """A chat request turned into engine input."""
+
+    request_id: str
+    model: str
+    prompt_ids: list[int]
+    params: Any
+    tools: list[dict[str, Any]] | None
+
+
+async def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat:
+    from corral.tools import render_chat_prompt, tool_call_constraint
+
+    req.check()
+    model = state.check_chat_model(req.model)
+    messages = req.message_dicts()
+    tools = req.tool_dicts() if req.uses_tools() else None
+    tool_spec = None
+    try:
+        if tools:
+            parallel = True if req.parallel_tool_calls is None else req.parallel_tool_calls
+            tool_spec = tool_call_constraint(tools, req.tool_choice_value(), parallel)
+        prompt = render_chat_prompt(state.tokenizer, messages, tools,
+                                    add_generation_prompt=True)
+    except ValueError as e:
+        raise APIError.from_value_error(e) from None
+    prompt_ids = tokenize_prompt(state, prompt, chat=True, param="messages")
+    max_tokens = state.check_prompt_length(len(prompt_ids), req.requested_max_tokens())
+    params = req.sampling_params(max_tokens, req.output_constraint(tool_spec))
+    where = "tools" if tool_spec is not None else (
+        "structured_outputs" if req.structured_outputs is not None else "response_format")
+    await validate_constraint(state, params, where)
+    return PreparedChat(new_id("chatcmpl-"), model, prompt_ids, params, tools)
+
+
+def _finish_reason(output: CompletionOutput, has_calls: bool) -> str:
+    reason = output.finish_reason or "stop"
+    if reason == "abort":
+        reason = "stop"
+    if has_calls and reason == "stop":
+        return "tool_calls"
+    return reason
+
+
+def _parse_tools(tools: list[dict[str, Any]], text: str) -> tuple[str | None, list[ToolCall]]:
+    from corral.tools import ToolCallParser
+
+    parser = ToolCallParser(tools)
+    parser.feed(text)
+    parser.finish()
+    calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
+             for c in parser.tool_calls]
+    return parser.content, calls
+
+
+def _usage(final: RequestOutput) -> UsageInfo:
+    cached = final.metrics.num_cached_prompt_tokens if final.metrics else 0
+    return UsageInfo.of(len(final.prompt_token_ids),
+                        sum(len(o.token_ids) for o in final.outputs), cached)
+
+
+async def chat_completion(state: ServerState, req: ChatCompletionRequest,
+                          raw: Request) -> JSONResponse | StreamingResponse:
+    prep = await prepare_chat(state, req)
+    outputs = generate(state, prep.prompt_ids, prep.params, prep.request_id)
+    if req.stream:
+        first = await until_disconnect(raw, outputs.__anext__(),
+                                       state.settings.disconnect_poll_seconds)
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        body = ChatStream(state, prep, include_usage).events(first, outputs)
+        return StreamingResponse(guarded_stream(body), media_type="text/event-stream",
+                                 headers=SSE_HEADERS)
+    final = await until_disconnect(raw, last_output(outputs),
+                                   state.settings.disconnect_poll_seconds)
+    choices = []
+    for out in final.outputs:
+        content: str | None = out.text
+        calls: list[ToolCall] = []
+        if prep.tools:
+            content, calls = _parse_tools(prep.tools, out.text)
+        logprobs = None
+        if req.logprobs:
+            logprobs = ChoiceLogprobs(content=chat_logprobs(state.token_texts, out.logprobs or []))
+        choices.append(ChatChoice(
+            index=out.index,
+            message=ResponseMessage(content=content, tool_calls=calls or None),
+            logprobs=logprobs,
+            finish_reason=_finish_reason(out, bool(calls)),
+        ))
+    response = ChatCompletionResponse(id=prep.request_id, created=int(time.time()),
+                                      model=prep.model, choices=choices, usage=_usage(final))
+    return JSONResponse(response.model_dump())
+
+
+class ChatStream:
+    """Turns a request's growing outputs into `chat.completion.chunk` events."""
+
+    def __init__(self, state: ServerState, prep: PreparedChat, include_usage: bool) -> None:
+        self.state = state
+        self.prep = prep
+        self.include_usage = include_usage
+        self.created = int(time.time())
+        self.want_logprobs = prep.params.logprobs is not None
+        n = prep.params.n
+        self.sent_chars = [0] * n
+        self.sent_tokens = [0] * n
+        self.num_calls = [0] * n
+        self.done = [False] * n
+        self.parsers: list[Any] = [None] * n
+        if prep.tools:
+            from corral.tools import ToolCallParser
+
+            self.parsers = [ToolCallParser(prep.tools) for _ in range(n)]
+
+    def chunk(self, choices: list[dict[str, Any]], usage: UsageInfo | None = None) -> str:
+        body: dict[str, Any] = {
+            "id": self.prep.request_id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.prep.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
+        if self.include_usage:
+            body["usage"] = usage.model_dump() if usage is not None else None
+        return sse_event(body)
+
+    async def events(self, first: RequestOutput,
+                     rest: AsyncIterator[RequestOutput]) -> AsyncIterator[str]:
+        try:
+            n = self.prep.params.n
+            yield self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
+                               "logprobs": None, "finish_reason": None} for i in range(n)])
+            final = first
+            for event in self.step(first):
+                yield event
+            async for out in rest:
+                final = out
+                for event in self.step(out):
+                    yield event
+            if self.include_usage:
+                yield self.chunk([], _usage(final))
+        finally:
+            await rest.aclose()  # type: ignore[attr-defined]
+
+    def step(self, out: RequestOutput) -> list[str]:
+        events = []
+        for o in out.outputs:
+            i = o.index
+            if self.done[i]:
+                continue
+            delta: dict[str, Any] = {}
+            text = o.text[self.sent_chars[i]:]
+            self.sent_chars[i] = len(o.text)
+            parser = self.parsers[i]
+            if parser is None:
+                if text:
+                    delta["content"] = text
+            else:
+                pieces = parser.feed(text) if text else []
+                if o.finished:
+                    pieces += parser.finish()
+                delta = self._tool_delta(i, pieces)
+            logprobs = None
+            if self.want_logprobs and o.logprobs and (delta or o.finished):
+                new = o.logprobs[self.sent_tokens[i]:]
+                self.sent_tokens[i] = len(o.logprobs)
+                if new:
+                    logprobs = {"content": [x.model_dump() for x in
+                                            chat_logprobs(self.state.token_texts, new)],
+                                "refusal": None}
+            if delta or logprobs:
+                events.append(self.chunk([{"index": i, "delta": delta, "logprobs": logprobs,
+                                           "finish_reason": None}]))
+            if o.finished:
+                self.done[i] = True
+                reason = _finish_reason(o, self.num_calls[i] > 0)
+                events.append(self.chunk([{"index": i, "delta": {}, "logprobs": None,
+                                           "finish_reason": reason}]))
+        return events
+
+    def _tool_delta(self, i: int, pieces: list[Any]) -> dict[str, Any]:
+        from corral.tools import ContentDelta
+
+        content = "".join(p.text for p in pieces if isinstance(p, ContentDelta))
+        calls: list[dict[str, Any]] = []
+        for p in pieces:
+            if isinstance(p, ContentDelta):
+                continue
+            if p.id is not None:
+                self.num_calls[i] = max(self.num_calls[i], p.index + 1)
+                calls.append({"index": p.index, "id": p.id, "type": "function",
+                              "function": {"name": p.name, "arguments": p.arguments}})
+            elif calls and calls[-1]["index"] == p.index:
+                calls[-1]["function"]["arguments"] += p.arguments
+            else:
+                calls.append({"index": p.index, "function": {"arguments": p.arguments}})
+        delta: dict[str, Any] = {}
+        if content:
+            delta["content"] = content
+        if calls:
+            delta["tool_calls"] = calls
+        return delta

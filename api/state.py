@@ -1,0 +1,105 @@
+"""What the routes of one app share: the engine, the embedder, names, metrics, settings."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from .embeddings import Embedder
+from .errors import APIError, not_found_model
+from .logprobs import TokenTexts
+from .metrics import ServerMetrics
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class ServerSettings:
+    """Settings of the HTTP layer (the engine has its own `EngineConfig`).
+
+    `api_key` None means no authentication; `served_model_name` None means the engine's
+    model name; `max_body_bytes` bounds every request body (413 above it).
+    """
+
+    api_key: str | None = None
+    served_model_name: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    disconnect_poll_seconds: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes: must be positive (got {self.max_body_bytes})")
+        if self.api_key is not None and not self.api_key:
+            self.api_key = None
+
+
+@dataclass
+class ServerState:
+    """Shared by every route of one app."""
+
+    engine: Any
+    settings: ServerSettings
+    embedder: Embedder | None = None
+    metrics: ServerMetrics = field(init=False)
+    token_texts: TokenTexts = field(init=False)
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self.engine, self.model_name)
+        self.token_texts = TokenTexts(self.engine.tokenizer)
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.served_model_name or self.engine.model_name
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return int(self.engine.max_model_len)
+
+    def check_chat_model(self, requested: str | None) -> str:
+        """The served model's name; 404 for any other name (empty means the served one)."""
+        if not requested or requested in (self.model_name, self.engine.model_name):
+            return self.model_name
+        if self.embedder is not None and requested == self.embedder.model_name:
+            raise APIError(f"model: '{requested}' is an embedding model; it cannot generate "
+                           "text", status=400, param="model", code="model_not_supported")
+        raise not_found_model(requested)
+
+    def check_embedding_model(self, requested: str | None) -> Embedder:
+        if self.embedder is None:
+            raise APIError("embeddings are not enabled on this server (start it with "
+                           "--embedding-model)", status=404, param="model",
+                           code="model_not_found")
+        if requested and requested != self.embedder.model_name:
+            if requested in (self.model_name, self.engine.model_name):
+                raise APIError(f"model: '{requested}' is a chat model; use "
+                               f"'{self.embedder.model_name}' for embeddings",
+                               status=400, param="model", code="model_not_supported")
+            raise not_found_model(requested)
+        return self.embedder
+
+    def check_prompt_length(self, num_prompt_tokens: int, max_tokens: int | None,
+                            param: str = "messages") -> int:
+        """The `max_tokens` to use; 400 when the prompt leaves no room to generate."""
+        limit = self.max_model_len
+        if num_prompt_tokens >= limit:
+            asked = max_tokens or 1
+            raise APIError(
+                f"This model's maximum context length is {limit} tokens. However, you "
+                f"requested {num_prompt_tokens + asked} tokens ({num_prompt_tokens} in the "
+                f"messages, {asked} in the completion). Please reduce the length of the "
+                "messages or completion.",
+                param=param, code="context_length_exceeded",
+            )
+        room = limit - num_prompt_tokens
+        return room if max_tokens is None else min(max_tokens, room)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex}"
