@@ -78,10 +78,12 @@ def _decode_split_kernel(
     v_cache_ptr,
     block_tables_ptr,
     seq_lens_ptr,
-    out_ptr,  # [num_seqs, num_heads, head_dim] when NUM_SPLITS == 1
-    part_out_ptr,  # f32 [num_seqs, num_heads, NUM_SPLITS, HEAD_DIM], normalised
-    part_lse_ptr,  # f32 [num_seqs, num_heads, NUM_SPLITS], log2-sum-exp2 of the split
+    out_ptr,  # [num_seqs, num_heads, head_dim], written when SINGLE_SPLIT
+    part_out_ptr,  # f32 [num_seqs, num_heads, num_splits, HEAD_DIM], normalised
+    part_lse_ptr,  # f32 [num_seqs, num_heads, num_splits], log2-sum-exp2 per split
     scale_log2,  # softmax scale * log2(e)
+    partition,  # tokens per split, a multiple of BLOCK_N
+    num_splits,
     stride_qs,
     stride_qh,
     stride_kb,
@@ -100,8 +102,7 @@ def _decode_split_kernel(
     BLOCK_D: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    PARTITION: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    SINGLE_SPLIT: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -109,11 +110,11 @@ def _decode_split_kernel(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
-    start = split * PARTITION
-    if NUM_SPLITS > 1:
+    start = split * partition
+    if not SINGLE_SPLIT:
         if start >= seq_len:
             return
-    end = tl.where(split == NUM_SPLITS - 1, seq_len, tl.minimum(start + PARTITION, seq_len))
+    end = tl.where(split == num_splits - 1, seq_len, tl.minimum(start + partition, seq_len))
 
     groups = tl.arange(0, GROUP_PAD)
     heads = kv_head * GROUP + groups  # [GROUP_PAD]
@@ -168,7 +169,7 @@ def _decode_split_kernel(
     safe_l = tl.where(l_i > 0.0, l_i, 1.0)
     result = acc / safe_l[:, None]
     store_mask = head_mask[:, None] & dim_mask[None, :]
-    if NUM_SPLITS == 1:
+    if SINGLE_SPLIT:
         tl.store(
             out_ptr + seq * stride_os + heads[:, None] * stride_oh + dims[None, :],
             result.to(out_ptr.dtype.element_ty),
@@ -177,11 +178,11 @@ def _decode_split_kernel(
     else:
         row = seq.to(tl.int64) * NUM_HEADS + heads  # [GROUP_PAD]
         tl.store(
-            part_out_ptr + (row[:, None] * NUM_SPLITS + split) * HEAD_DIM + dims[None, :],
+            part_out_ptr + (row[:, None] * num_splits + split) * HEAD_DIM + dims[None, :],
             result,
             mask=store_mask,
         )
-        tl.store(part_lse_ptr + row * NUM_SPLITS + split, m_i + tl.log2(safe_l), mask=head_mask)
+        tl.store(part_lse_ptr + row * num_splits + split, m_i + tl.log2(safe_l), mask=head_mask)
 
 
 @jit
@@ -190,24 +191,24 @@ def _decode_reduce_kernel(
     part_lse_ptr,
     seq_lens_ptr,
     out_ptr,
+    partition,
+    num_splits,
     stride_os,
     stride_oh,
     NUM_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    PARTITION: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
     SPLITS_PAD: tl.constexpr,
 ):
     # One program per (sequence, query head): merges the splits that saw tokens.
     seq = tl.program_id(0)
     head = tl.program_id(1)
     seq_len = tl.load(seq_lens_ptr + seq)
-    num_valid = tl.minimum((seq_len + PARTITION - 1) // PARTITION, NUM_SPLITS)
+    num_valid = tl.minimum((seq_len + partition - 1) // partition, num_splits)
     splits = tl.arange(0, SPLITS_PAD)
     split_mask = splits < num_valid
     row = seq.to(tl.int64) * NUM_HEADS + head
-    lse = tl.load(part_lse_ptr + row * NUM_SPLITS + splits, mask=split_mask, other=float("-inf"))
+    lse = tl.load(part_lse_ptr + row * num_splits + splits, mask=split_mask, other=float("-inf"))
     lse_max = tl.max(lse, 0)
     weights = tl.where(split_mask, tl.exp2(lse - lse_max), 0.0)  # [SPLITS_PAD]
     total = tl.sum(weights, 0)
@@ -215,7 +216,7 @@ def _decode_reduce_kernel(
     dims = tl.arange(0, BLOCK_D)
     dim_mask = dims < HEAD_DIM
     parts = tl.load(
-        part_out_ptr + (row * NUM_SPLITS + splits[:, None]) * HEAD_DIM + dims[None, :],
+        part_out_ptr + (row * num_splits + splits[:, None]) * HEAD_DIM + dims[None, :],
         mask=split_mask[:, None] & dim_mask[None, :],
         other=0.0,
     )  # [SPLITS_PAD, BLOCK_D]
@@ -295,6 +296,8 @@ def paged_decode_attention_triton(
         part_out,
         part_lse,
         scale * math.log2(math.e),
+        partition,
+        num_splits,
         query.stride(0),
         query.stride(1),
         k_cache.stride(0),
@@ -313,8 +316,7 @@ def paged_decode_attention_triton(
         BLOCK_D=block_d,
         BLOCK_SIZE=block_size,
         BLOCK_N=DECODE_CONFIG["block_n"],
-        PARTITION=partition,
-        NUM_SPLITS=num_splits,
+        SINGLE_SPLIT=num_splits == 1,
         DOT_DTYPE=dot_dtype(query.dtype),
         DOT_PRECISION=dot_precision(query.dtype),
         num_warps=DECODE_CONFIG["num_warps"],
@@ -326,13 +328,13 @@ def paged_decode_attention_triton(
             part_lse,
             seq_lens,
             out,
+            partition,
+            num_splits,
             out.stride(0),
             out.stride(1),
             NUM_HEADS=num_heads,
             HEAD_DIM=head_dim,
             BLOCK_D=block_d,
-            PARTITION=partition,
-            NUM_SPLITS=num_splits,
             SPLITS_PAD=next_power_of_2(num_splits),
             num_warps=1 if head_dim <= 64 else 2,
         )

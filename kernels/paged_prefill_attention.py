@@ -94,6 +94,7 @@ def _prefill_kernel(
     out_ptr,
     scale_log2,  # softmax scale * log2(e)
     first_seq,
+    num_m_tiles,
     stride_qt,
     stride_qh,
     stride_kb,
@@ -105,7 +106,6 @@ def _prefill_kernel(
     stride_bt,
     stride_ot,
     stride_oh,
-    NUM_M_TILES: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -116,7 +116,7 @@ def _prefill_kernel(
     DOT_PRECISION: tl.constexpr,
 ):
     # Heaviest tiles (last rows of the longest chunks) are launched first.
-    m_tile = NUM_M_TILES - 1 - tl.program_id(0)
+    m_tile = num_m_tiles - 1 - tl.program_id(0)
     seq = first_seq + tl.program_id(1)
     head = tl.program_id(2)
     kv_head = head // GROUP
@@ -263,6 +263,7 @@ def paged_prefill_attention_triton(
         out,
         scale * math.log2(math.e),
         first_seq,
+        num_m_tiles,
         query.stride(0),
         query.stride(1),
         k_cache.stride(0),
@@ -274,7 +275,6 @@ def paged_prefill_attention_triton(
         block_tables.stride(0),
         out.stride(0),
         out.stride(1),
-        NUM_M_TILES=num_m_tiles,
         GROUP=num_heads // num_kv_heads,
         HEAD_DIM=head_dim,
         BLOCK_D=next_power_of_2(head_dim),
