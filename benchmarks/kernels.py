@@ -97,14 +97,11 @@ def bench_decode(copy_bw: float, sweep: bool, rows: list[dict]) -> None:
     default = dict(decode_mod.DECODE_CONFIG)
     configs = [default]
     if sweep:
-        for block_n, warps, stages in [
-            (32, 4, 3), (64, 4, 2), (64, 4, 4), (64, 8, 3), (128, 4, 3), (128, 8, 3),
-            (128, 8, 2), (32, 2, 4),
-        ]:
-            configs.append({**default, "block_n": block_n, "num_warps": warps,
-                            "num_stages": stages})
+        for min_partition, per_sm in [(128, 4), (64, 4), (128, 8), (256, 4)]:
+            configs.append({**default, "min_partition": min_partition,
+                            "programs_per_sm": per_sm})
     print("\n== paged decode attention (bf16, 32 q / 8 kv heads, d=128, block 16) ==")
-    print(f"{'batch x ctx':>12} {'config':>18} {'KV MB':>8} {'us':>8} {'GB/s':>8} "
+    print(f"{'batch x ctx':>12} {'config':>24} {'KV MB':>8} {'us':>8} {'GB/s':>8} "
           f"{'of copy':>8} {'torch us':>9} {'rel err':>8}")
     for batch, context in [(1, 1024), (32, 1024), (128, 1024), (256, 1024), (32, 4096)]:
         _decode_case(batch, context, configs, copy_bw, gen, rows)
@@ -130,8 +127,9 @@ def _decode_case(
         seconds = time_graph(fns)
         err = float((outs[0].float() - ref.float()).norm() / ref.float().norm())
         bw = io_bytes / seconds
-        tag = f"{config['block_n']}/{config['num_warps']}w/{config['num_stages']}s"
-        print(f"{batch:>5} x {context:<5} {tag:>18} {kv_bytes / 1e6:8.1f} "
+        tag = (f"{config['block_n']}/{config['num_warps']}w/{config['num_stages']}s"
+               f" p{config['min_partition']}x{config['programs_per_sm']}")
+        print(f"{batch:>5} x {context:<5} {tag:>24} {kv_bytes / 1e6:8.1f} "
               f"{seconds * 1e6:8.1f} {bw / 1e9:8.0f} {bw / copy_bw:8.2f} "
               f"{torch_s * 1e6:9.1f} {err:8.1e}")
         rows.append({"op": "decode", "batch": batch, "context": context, "config": tag,
@@ -140,14 +138,16 @@ def _decode_case(
                      "rel_error": err})
 
 
-def make_prefill_inputs(num_seqs: int, context: int, chunk: int, gen: torch.Generator) -> dict:
+def make_prefill_inputs(
+    num_seqs: int, context: int, chunk: int, head_dim: int, gen: torch.Generator
+) -> dict:
     """`num_seqs` sequences of `context` tokens whose last `chunk` are this step's queries."""
     blocks_per_seq = math.ceil(context / BLOCK_SIZE)
     num_blocks = num_seqs * blocks_per_seq
-    shape = (num_blocks, BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM)
+    shape = (num_blocks, BLOCK_SIZE, NUM_KV_HEADS, head_dim)
     perm = torch.randperm(num_blocks, generator=gen).to(torch.int32).cuda()
     return {
-        "query": torch.randn(num_seqs * chunk, NUM_HEADS, HEAD_DIM, device="cuda", dtype=DTYPE),
+        "query": torch.randn(num_seqs * chunk, NUM_HEADS, head_dim, device="cuda", dtype=DTYPE),
         "k_cache": torch.randn(shape, device="cuda", dtype=DTYPE),
         "v_cache": torch.randn(shape, device="cuda", dtype=DTYPE),
         "query_start_loc": torch.arange(0, num_seqs + 1, dtype=torch.int32, device="cuda")
@@ -155,41 +155,45 @@ def make_prefill_inputs(num_seqs: int, context: int, chunk: int, gen: torch.Gene
         "seq_lens": torch.full((num_seqs,), context, dtype=torch.int32, device="cuda"),
         "block_tables": perm.view(num_seqs, blocks_per_seq),
         "max_query_len": chunk,
-        "scale": HEAD_DIM**-0.5,
+        "scale": head_dim**-0.5,
     }
 
 
-def causal_flops(num_seqs: int, context: int, chunk: int) -> float:
+def causal_flops(num_seqs: int, context: int, chunk: int, head_dim: int) -> float:
     """Matmul FLOPs of causal attention for `chunk` queries at the end of `context` keys."""
     visible = chunk * (context - chunk) + chunk * (chunk + 1) / 2  # (query, key) pairs
-    return 4.0 * num_seqs * NUM_HEADS * HEAD_DIM * visible
+    return 4.0 * num_seqs * NUM_HEADS * head_dim * visible
 
 
 def bench_prefill(sweep: bool, rows: list[dict]) -> None:
     gen = torch.Generator().manual_seed(1)
-    configs = [prefill_mod.prefill_config(DTYPE, HEAD_DIM)]
+    print("\n== prefill attention (bf16, 32 q / 8 kv heads, causal) ==")
+    print(f"{'seqs x ctx (chunk), d':>24} {'kernel':>26} {'ms':>8} {'TFLOP/s':>8} "
+          f"{'rel err':>8}")
+    cases = [(4, 2048, 2048, 128), (1, 8192, 8192, 128), (4, 4096, 512, 128)]
     if sweep:
-        configs += [(128, 128, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3),
-                    (128, 64, 8, 2), (128, 128, 8, 2), (64, 128, 4, 3), (128, 64, 8, 4)]
-    print("\n== prefill attention (bf16, 32 q / 8 kv heads, d=128, causal) ==")
-    print(f"{'seqs x ctx (chunk)':>22} {'kernel':>26} {'ms':>8} {'TFLOP/s':>8} {'rel err':>8}")
-    for num_seqs, context, chunk in [(4, 2048, 2048), (1, 8192, 8192), (4, 4096, 512)]:
-        _prefill_case(num_seqs, context, chunk, configs, gen, rows)
+        cases.append((4, 2048, 2048, 64))
+    for num_seqs, context, chunk, head_dim in cases:
+        configs = [prefill_mod.prefill_config(DTYPE, head_dim)]
+        if sweep:
+            configs += [c for c in [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2),
+                                    (128, 64, 4, 3), (128, 128, 4, 3)] if c not in configs]
+        _prefill_case(num_seqs, context, chunk, head_dim, configs, gen, rows)
         torch.cuda.empty_cache()
 
 
 def _prefill_case(
-    num_seqs: int, context: int, chunk: int, configs: list[tuple[int, int, int, int]],
-    gen: torch.Generator, rows: list[dict],
+    num_seqs: int, context: int, chunk: int, head_dim: int,
+    configs: list[tuple[int, int, int, int]], gen: torch.Generator, rows: list[dict],
 ) -> None:
-    inputs = make_prefill_inputs(num_seqs, context, chunk, gen)
-    flops = causal_flops(num_seqs, context, chunk)
+    inputs = make_prefill_inputs(num_seqs, context, chunk, head_dim, gen)
+    flops = causal_flops(num_seqs, context, chunk, head_dim)
     ref = prefill_mod.paged_prefill_attention_torch(**inputs)
-    label = f"{num_seqs} x {context} ({chunk})"
+    label = f"{num_seqs} x {context} ({chunk}), {head_dim}"
 
     def report(name: str, seconds: float, err: float | None) -> None:
         err_text = f"{err:8.1e}" if err is not None else ""
-        print(f"{label:>22} {name:>26} {seconds * 1e3:8.3f} {flops / seconds / 1e12:8.1f} "
+        print(f"{label:>24} {name:>26} {seconds * 1e3:8.3f} {flops / seconds / 1e12:8.1f} "
               f"{err_text}")
         rows.append({"op": "prefill", "shape": label, "kernel": name, "seconds": seconds,
                      "tflops": flops / seconds / 1e12, "rel_error": err})
@@ -206,8 +210,8 @@ def _prefill_case(
     if chunk != context:
         return
     # Baseline: SDPA on contiguous [B, H, S, D] tensors of the same sizes.
-    q = inputs["query"].view(num_seqs, chunk, NUM_HEADS, HEAD_DIM).transpose(1, 2).contiguous()
-    k = torch.randn(num_seqs, NUM_KV_HEADS, context, HEAD_DIM, device="cuda", dtype=DTYPE)
+    q = inputs["query"].view(num_seqs, chunk, NUM_HEADS, head_dim).transpose(1, 2).contiguous()
+    k = torch.randn(num_seqs, NUM_KV_HEADS, context, head_dim, device="cuda", dtype=DTYPE)
     v = torch.randn_like(k)
     group = NUM_HEADS // NUM_KV_HEADS
     k_rep, v_rep = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
@@ -233,7 +237,7 @@ def _prefill_case(
         try:
             report(name, time_events(fn), None)
         except RuntimeError as exc:  # a backend refusing the shape
-            print(f"{label:>22} {name:>26} failed: {exc}")
+            print(f"{label:>24} {name:>26} failed: {exc}")
 
 
 def bench_small_ops(copy_bw: float, rows: list[dict]) -> None:
@@ -254,18 +258,27 @@ def bench_small_ops(copy_bw: float, rows: list[dict]) -> None:
     print(f"{'write_kv_cache 8192 tok x 8 x 128':>36} {tri * 1e6:10.1f} {ref * 1e6:10.1f} "
           f"{moved / tri / 1e9:8.0f} {moved / tri / copy_bw:8.2f}")
     rows.append({"op": "write_kv_cache", "seconds": tri, "torch_seconds": ref})
+    print(f"{'op':>36} {'triton us':>10} {'torch us':>10} {'floor us':>9}")
     for vocab in (49152, 128256):
-        logits = torch.randn(256, vocab, device="cuda")
-        words = (vocab + 31) // 32
-        bitmask = torch.randint(-(2**31), 2**31 - 1, (256, words), device="cuda",
-                                dtype=torch.int32)
-        tri = time_graph([lambda lg=logits, b=bitmask: apply_token_bitmask_triton(lg, b)])
-        ref = time_events(lambda lg=logits, b=bitmask: apply_token_bitmask_torch(lg, b))
-        moved = logits.numel() * 4 / 2 + bitmask.numel() * 4  # about half the logits written
-        print(f"{f'token bitmask 256 x {vocab} fp32':>36} {tri * 1e6:10.1f} {ref * 1e6:10.1f} "
-              f"{moved / tri / 1e9:8.0f} {moved / tri / copy_bw:8.2f}")
-        rows.append({"op": "token_bitmask", "vocab": vocab, "seconds": tri,
-                     "torch_seconds": ref})
+        for allowed_fraction in (0.01, 0.5, 0.99):
+            _bitmask_case(vocab, allowed_fraction, copy_bw, rows)
+
+
+def _bitmask_case(vocab: int, allowed_fraction: float, copy_bw: float, rows: list[dict]) -> None:
+    """256 constrained rows; the floor writes the disallowed logits and reads the mask."""
+    logits = torch.randn(256, vocab, device="cuda")
+    words = (vocab + 31) // 32
+    allowed = torch.rand(256, words, 32, device="cuda") < allowed_fraction
+    shifts = torch.arange(32, device="cuda", dtype=torch.int64)
+    bitmask = ((allowed.long() << shifts).sum(-1) & 0xFFFFFFFF).to(torch.int64)
+    bitmask = torch.where(bitmask >= 2**31, bitmask - 2**32, bitmask).to(torch.int32)
+    tri = time_graph([lambda: apply_token_bitmask_triton(logits, bitmask)])
+    ref = time_events(lambda: apply_token_bitmask_torch(logits, bitmask))
+    floor = ((1 - allowed_fraction) * logits.numel() * 4 + bitmask.numel() * 4) / copy_bw
+    name = f"bitmask 256 x {vocab} fp32, {allowed_fraction:.0%} ok"
+    print(f"{name:>36} {tri * 1e6:10.1f} {ref * 1e6:10.1f} {floor * 1e6:9.1f}")
+    rows.append({"op": "token_bitmask", "vocab": vocab, "allowed": allowed_fraction,
+                 "seconds": tri, "torch_seconds": ref, "floor_seconds": floor})
 
 
 def main() -> None:

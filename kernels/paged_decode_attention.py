@@ -34,7 +34,13 @@ __all__ = [
 ]
 
 # Tile and launch settings for the split kernel; benchmarks may override them.
-DECODE_CONFIG = {"block_n": 64, "num_warps": 4, "num_stages": 3, "min_partition": 256}
+DECODE_CONFIG = {
+    "block_n": 64,
+    "num_warps": 4,
+    "num_stages": 3,
+    "min_partition": 256,  # fewest tokens per split
+    "programs_per_sm": 2,  # split until the grid has about this many programs per SM
+}
 
 
 def paged_decode_attention_torch(
@@ -161,8 +167,8 @@ def _decode_split_kernel(
             mask=kv_mask,
             other=0.0,
         )
-        acc = acc * alpha[:, None] + tl.dot(
-            p.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=DOT_PRECISION
+        acc = tl.dot(
+            p.to(DOT_DTYPE), v.to(DOT_DTYPE), acc * alpha[:, None], input_precision=DOT_PRECISION
         )
         m_i = m_new
 
@@ -233,13 +239,14 @@ def decode_partition(
 ) -> tuple[int, int]:
     """(partition length, number of splits) for a decode launch; python ints only.
 
-    Splits the context only as far as needed to give each multiprocessor about two
-    programs, and never below `min_partition` tokens per split.
+    Splits the context only as far as needed to give each multiprocessor about
+    `programs_per_sm` programs, and never below `min_partition` tokens per split.
     """
     block_n = DECODE_CONFIG["block_n"]
     max_seq_len = max(max_seq_len, 1)
     max_splits = cdiv(max_seq_len, DECODE_CONFIG["min_partition"])
-    wanted = cdiv(2 * num_sms(device), max(num_seqs * num_kv_heads, 1))
+    num_programs = DECODE_CONFIG["programs_per_sm"] * num_sms(device)
+    wanted = cdiv(num_programs, max(num_seqs * num_kv_heads, 1))
     splits = max(1, min(wanted, max_splits))
     partition = cdiv(cdiv(max_seq_len, splits), block_n) * block_n
     return partition, cdiv(max_seq_len, partition)

@@ -157,18 +157,18 @@ def _prefill_kernel(
             k = tl.load(k_base + slots[:, None])
         else:
             k = tl.load(k_base + slots[:, None], mask=dim_mask[None, :], other=0.0)
-        s = tl.dot(q, tl.trans(k.to(DOT_DTYPE)), input_precision=DOT_PRECISION) * scale_log2
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        qk = tl.dot(q, tl.trans(k.to(DOT_DTYPE)), input_precision=DOT_PRECISION)
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * scale_log2)
         alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        p = tl.exp2(qk * scale_log2 - m_new[:, None])  # one FMA per score
         l_i = l_i * alpha + tl.sum(p, 1)
         v_slots = blocks * stride_vb + (tokens % BLOCK_SIZE) * stride_vs
         if BLOCK_D == HEAD_DIM:
             v = tl.load(v_base + v_slots[:, None])
         else:
             v = tl.load(v_base + v_slots[:, None], mask=dim_mask[None, :], other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(
-            p.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=DOT_PRECISION
+        acc = tl.dot(
+            p.to(DOT_DTYPE), v.to(DOT_DTYPE), acc * alpha[:, None], input_precision=DOT_PRECISION
         )
         m_i = m_new
 
@@ -190,8 +190,8 @@ def _prefill_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         v_slots = blocks * stride_vb + (tokens % BLOCK_SIZE) * stride_vs
         v = tl.load(v_base + v_slots[:, None], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(
-            p.to(DOT_DTYPE), v.to(DOT_DTYPE), input_precision=DOT_PRECISION
+        acc = tl.dot(
+            p.to(DOT_DTYPE), v.to(DOT_DTYPE), acc * alpha[:, None], input_precision=DOT_PRECISION
         )
         m_i = m_new
 
@@ -206,7 +206,7 @@ def _prefill_kernel(
 # Per (dtype itemsize, head_dim bound): BLOCK_M, BLOCK_N, num_warps, num_stages.
 PREFILL_CONFIGS: dict[str, tuple[int, int, int, int]] = {
     "half_d64": (128, 64, 4, 3),
-    "half_d128": (128, 64, 8, 3),
+    "half_d128": (128, 128, 8, 3),
     "half_d256": (64, 32, 4, 2),
     "float": (64, 32, 4, 2),
 }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from corral.kernels.paged_decode_attention import (
+    DECODE_CONFIG,
     decode_partition,
     paged_decode_attention_torch,
     paged_decode_attention_triton,
@@ -102,7 +103,7 @@ def test_decode_partition_fills_the_grid_and_covers_the_context() -> None:
     for num_seqs, max_seq_len in [(1, 1), (1, 4096), (32, 1024), (256, 1024), (3, 777)]:
         partition, splits = decode_partition(num_seqs, 8, max_seq_len, device)
         assert partition * splits >= max_seq_len > partition * (splits - 1)
-        assert splits == 1 or partition >= 256
+        assert splits == 1 or partition >= DECODE_CONFIG["min_partition"]
 
 
 @gpu
