@@ -38,7 +38,7 @@ DECODE_CONFIG = {
     "block_n": 64,
     "num_warps": 4,
     "num_stages": 3,
-    "min_partition": 256,  # fewest tokens per split
+    "min_partition": 64,  # fewest tokens per split
     "programs_per_sm": 2,  # split until the grid has about this many programs per SM
 }
 

@@ -45,14 +45,16 @@ def _apply_token_bitmask_kernel(
     HAS_ROWS: tl.constexpr,
     BLOCK_V: tl.constexpr,
 ):
-    # Program (r, c): tokens [c * BLOCK_V, (c + 1) * BLOCK_V) of bitmask row r. Only the
-    # disallowed logits are written; the allowed ones are never read or written.
+    # Program (r, c): tokens [c * BLOCK_V, (c + 1) * BLOCK_V) of bitmask row r. A tile that
+    # is mostly allowed gets masked stores of -inf only; a tile with many disallowed tokens
+    # is rewritten whole (full-sector stores), reading just the allowed logits.
     r = tl.program_id(0)
     tokens = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+    in_vocab = tokens < vocab_size
     words = tokens // 32
     bits = tl.load(
         bitmask_ptr + r.to(tl.int64) * stride_bitmask + words,
-        mask=(words < num_words) & (tokens < vocab_size),
+        mask=(words < num_words) & in_vocab,
         other=0,
     )  # [BLOCK_V]; tokens past the mask's width read 0 (disallowed)
     allowed = ((bits >> (tokens % 32)) & 1) != 0
@@ -60,11 +62,14 @@ def _apply_token_bitmask_kernel(
         row = tl.load(rows_ptr + r).to(tl.int64)
     else:
         row = r.to(tl.int64)
-    tl.store(
-        logits_ptr + row * stride_logits + tokens,
-        tl.full([BLOCK_V], float("-inf"), dtype=logits_ptr.dtype.element_ty),
-        mask=(tokens < vocab_size) & ~allowed,
-    )
+    ptrs = logits_ptr + row * stride_logits + tokens
+    num_disallowed = tl.sum((in_vocab & ~allowed).to(tl.int32), 0)
+    if num_disallowed * 4 > BLOCK_V:
+        kept = tl.load(ptrs, mask=in_vocab & allowed, other=float("-inf"))
+        tl.store(ptrs, kept, mask=in_vocab)
+    else:
+        neg_inf = tl.full([BLOCK_V], float("-inf"), dtype=logits_ptr.dtype.element_ty)
+        tl.store(ptrs, neg_inf, mask=in_vocab & ~allowed)
 
 
 def apply_token_bitmask_triton(

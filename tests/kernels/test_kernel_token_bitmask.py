@@ -19,8 +19,10 @@ def _random_bitmask(num_rows: int, num_words: int, gen: torch.Generator) -> torc
     words = torch.randint(-(2**31), 2**31, (num_rows, num_words), generator=gen, dtype=torch.int64)
     bitmask = words.to(torch.int32)
     bitmask[0] = 0  # a row allowing nothing
-    if num_rows > 1:
+    if num_rows > 2:
         bitmask[1] = -1  # a row allowing everything the mask covers
+        bitmask[2] = -1
+        bitmask[2, ::7] = 0x7FFFFFFF  # mostly allowed, a few tokens disallowed
     return bitmask
 
 
