@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from .errors import APIError
 from .state import ServerState
 
 T = TypeVar("T")
+_SPEC_FIELD = re.compile(r"^(structured_outputs(?:\.\w+)?): ")
 
 
 class ClientDisconnected(Exception):
@@ -147,4 +149,12 @@ async def validate_constraint(state: ServerState, params: SamplingParams, param:
     try:
         await asyncio.to_thread(state.engine.validate_structured, spec)
     except ValueError as e:
-        raise APIError(f"{param}: {e}", param=param, code="invalid_structured_output") from None
+        message = str(e)
+        match = _SPEC_FIELD.match(message)
+        if match and param == "structured_outputs":
+            param = match.group(1)
+        elif match:
+            message = f"{param}: {message[match.end():]}"
+        else:
+            message = f"{param}: {message}"
+        raise APIError(message, param=param, code="invalid_structured_output") from None

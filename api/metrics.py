@@ -91,6 +91,8 @@ class ServerMetrics:
                                 labels + ["finish_reason"], registry=reg)
         self.http_errors = Counter(f"{PREFIX}_request_errors", "Requests refused or failed",
                                    labels + ["status"], registry=reg)
+        for hist in (self.ttft, self.itl, self.e2e, self.grammar_compile, self.grammar_mask):
+            hist.labels(model_name)  # exported with zero counts from the start
         reg.register(_EngineCollector(engine, model_name))
 
     def tracker(self) -> RequestTracker:

@@ -1,0 +1,90 @@
+"""One real `corral serve` process for the server tests (started once, on a free port)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+API_KEY = "test-key"
+MAX_BODY_BYTES = 256 * 1024
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Server:
+    base_url: str  # http://127.0.0.1:PORT
+    api_key: str
+    log_path: Path
+
+    @property
+    def v1(self) -> str:
+        return self.base_url + "/v1"
+
+    def client(self, **kwargs):
+        import openai
+
+        return openai.OpenAI(base_url=self.v1, api_key=self.api_key, max_retries=0,
+                             timeout=120, **kwargs)
+
+    def log_tail(self, n: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[Server]:
+    """`corral serve` on the embedded models with a small context and KV pool."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "CORRAL_API_KEY": API_KEY}
+    cmd = [sys.executable, "-m", "corral.api.cli", "serve", "--port", str(port),
+           "--max-model-len", "1024", "--kv-cache-memory", "96MiB", "--max-num-seqs", "16",
+           "--max-body-size", str(MAX_BODY_BYTES), "--log-level", "warning"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=REPO_ROOT)
+    srv = Server(f"http://127.0.0.1:{port}", API_KEY, log_path)
+    deadline = time.monotonic() + 180
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"corral serve exited with {proc.returncode}:\n{srv.log_tail()}")
+            try:
+                if httpx.get(srv.base_url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"corral serve did not start in time:\n{srv.log_tail()}")
+            time.sleep(0.5)
+        yield srv
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def client(server):
+    return server.client()
