@@ -4,7 +4,8 @@
   the card's device-to-device copy bandwidth, measured here; the torch reference's time too.
 - Prefill attention: TFLOP/s of the paged Triton kernel against
   `torch.nn.functional.scaled_dot_product_attention` on contiguous tensors of the same sizes.
-- The KV-cache write and the token-bitmask application against their torch references.
+- The KV-cache write, token-bitmask application, RMSNorm(+residual) and rotary embedding
+  against their torch references.
 
 Shapes are Llama-3-8B's attention (32 query heads, 8 KV heads, head_dim 128, bf16), block
 size 16. `--sweep` also times alternative tile settings. Usage:
@@ -23,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from corral.kernels import paged_decode_attention as decode_mod
 from corral.kernels import paged_prefill_attention as prefill_mod
+from corral.kernels.rms_norm import rms_norm_torch, rms_norm_triton
+from corral.kernels.rotary_embedding import rotary_embedding_torch, rotary_embedding_triton
 from corral.kernels.token_bitmask import apply_token_bitmask_torch, apply_token_bitmask_triton
 from corral.kernels.write_kv_cache import write_kv_cache_torch, write_kv_cache_triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -258,10 +261,41 @@ def bench_small_ops(copy_bw: float, rows: list[dict]) -> None:
     print(f"{'write_kv_cache 8192 tok x 8 x 128':>36} {tri * 1e6:10.1f} {ref * 1e6:10.1f} "
           f"{moved / tri / 1e9:8.0f} {moved / tri / copy_bw:8.2f}")
     rows.append({"op": "write_kv_cache", "seconds": tri, "torch_seconds": ref})
+    _fused_layer_ops(copy_bw, rows)
     print(f"{'op':>36} {'triton us':>10} {'torch us':>10} {'floor us':>9}")
     for vocab in (49152, 128256):
         for allowed_fraction in (0.01, 0.5, 0.99):
             _bitmask_case(vocab, allowed_fraction, copy_bw, rows)
+
+
+def _fused_layer_ops(copy_bw: float, rows: list[dict]) -> None:
+    """RMSNorm + residual (Llama-3-8B hidden 4096) and rotary on q/k views of a fused QKV."""
+    print(f"{'op':>36} {'triton us':>10} {'torch us':>10} {'floor us':>9}")
+    q_size, kv_size = NUM_HEADS * HEAD_DIM, NUM_KV_HEADS * HEAD_DIM
+    cos = torch.randn(8192, HEAD_DIM // 2, device="cuda")
+    sin = torch.randn_like(cos)
+    weight = torch.randn(4096, device="cuda", dtype=DTYPE)
+    for num_tokens in (256, 8192):
+        x = torch.randn(num_tokens, 4096, device="cuda", dtype=DTYPE)
+        residual = torch.randn_like(x)
+        tri = time_graph([lambda x=x, r=residual: rms_norm_triton(x, weight, 1e-5, r)])
+        ref = time_graph([lambda x=x, r=residual: rms_norm_torch(x, weight, 1e-5, r)])
+        floor = 4 * x.numel() * x.element_size() / copy_bw  # read x, r; write out, sum
+        name = f"rms_norm+residual {num_tokens} x 4096"
+        print(f"{name:>36} {tri * 1e6:10.1f} {ref * 1e6:10.1f} {floor * 1e6:9.1f}")
+        rows.append({"op": "rms_norm", "tokens": num_tokens, "seconds": tri,
+                     "torch_seconds": ref, "floor_seconds": floor})
+        qkv = torch.randn(num_tokens, q_size + 2 * kv_size, device="cuda", dtype=DTYPE)
+        q = qkv[:, :q_size].view(num_tokens, NUM_HEADS, HEAD_DIM)
+        k = qkv[:, q_size : q_size + kv_size].view(num_tokens, NUM_KV_HEADS, HEAD_DIM)
+        positions = torch.randint(0, 8192, (num_tokens,), device="cuda")
+        tri = time_graph([lambda p=positions, q=q, k=k: rotary_embedding_triton(p, q, k, cos, sin)])
+        ref = time_graph([lambda p=positions, q=q, k=k: rotary_embedding_torch(p, q, k, cos, sin)])
+        floor = 2 * (q_size + kv_size) * num_tokens * DTYPE.itemsize / copy_bw
+        name = f"rotary q+k {num_tokens} tok, 32+8 heads"
+        print(f"{name:>36} {tri * 1e6:10.1f} {ref * 1e6:10.1f} {floor * 1e6:9.1f}")
+        rows.append({"op": "rotary", "tokens": num_tokens, "seconds": tri,
+                     "torch_seconds": ref, "floor_seconds": floor})
 
 
 def _bitmask_case(vocab: int, allowed_fraction: float, copy_bw: float, rows: list[dict]) -> None:

@@ -205,7 +205,7 @@ def _prefill_kernel(
 
 # Per (dtype itemsize, head_dim bound): BLOCK_M, BLOCK_N, num_warps, num_stages.
 PREFILL_CONFIGS: dict[str, tuple[int, int, int, int]] = {
-    "half_d64": (128, 64, 4, 3),
+    "half_d64": (128, 128, 4, 3),
     "half_d128": (128, 128, 8, 3),
     "half_d256": (64, 32, 4, 2),
     "float": (64, 32, 4, 2),
