@@ -81,8 +81,9 @@ def gather_context(
     block_tables: torch.Tensor,  # int32 [num_seqs, max_blocks]
     num_blocks: int,
 ) -> torch.Tensor:  # [num_seqs, num_blocks * block_size, num_kv_heads, head_dim]
-    blocks = cache[block_tables[:, :num_blocks].long()]
-    return blocks.reshape(blocks.shape[0], -1, *cache.shape[2:])
+    index = block_tables[:, :num_blocks].reshape(-1).long()
+    blocks = cache.index_select(0, index)  # [num_seqs * num_blocks, block_size, Hkv, D]
+    return blocks.view(block_tables.shape[0], -1, *cache.shape[2:])
 
 
 class TorchAttentionBackend:
@@ -123,12 +124,13 @@ def paged_attention_torch(
         if meta.query_start_loc_cpu is not None
         else meta.query_start_loc.tolist()
     )
-    num_decodes = meta.num_decodes
-    if num_decodes:
-        out[:num_decodes] = _decode_batch(
-            query[:num_decodes], k_cache, v_cache, meta.block_tables[:num_decodes],
-            meta.seq_lens[:num_decodes], max(seq_lens[:num_decodes]), block_size, scale,
+    for group in _length_groups(seq_lens[: meta.num_decodes]):
+        index = torch.tensor(group, device=query.device)
+        out[index] = _decode_batch(
+            query[index], k_cache, v_cache, meta.block_tables[index], meta.seq_lens[index],
+            seq_lens[group[0]], block_size, scale,
         )
+    num_decodes = meta.num_decodes
     for i in range(num_decodes, len(seq_lens)):
         start, end = starts[i], starts[i + 1]
         if end == start:
@@ -139,6 +141,19 @@ def paged_attention_torch(
         values = gather_context(v_cache, meta.block_tables[i : i + 1], num_blocks)[0, :seq_len]
         out[start:end] = _causal_chunk(query[start:end], keys, values, scale)
     return out
+
+
+def _length_groups(seq_lens: list[int], max_waste: float = 0.5) -> list[list[int]]:
+    """Split decode rows into groups of similar context length (longest first in each), so
+    padding every row to its group's longest context wastes at most about `max_waste`."""
+    order = sorted(range(len(seq_lens)), key=lambda i: -seq_lens[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and seq_lens[i] >= seq_lens[groups[-1][0]] * (1 - max_waste):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 def _decode_batch(

@@ -45,6 +45,7 @@ class Sampler:
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.stats = SamplerStats()
 
+    @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         """logits: float32 [len(seqs), vocab] (modified in place)."""
         raw_logprobs = None

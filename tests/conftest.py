@@ -1,0 +1,42 @@
+"""Shared test set-up: offline hub, the real embedded model, GPU marker handling."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def model_dir():
+    """The embedded SmolLM2-135M-Instruct as a safetensors folder."""
+    from corral.engine.model_files import default_model_dir
+
+    return default_model_dir()
+
+
+@pytest.fixture(scope="session")
+def llm(model_dir):
+    """One shared engine on the real embedded model (default settings)."""
+    from corral.engine import LLM
+
+    return LLM(max_model_len=4096)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(llm):
+    return llm.tokenizer
