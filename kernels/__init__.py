@@ -1,0 +1,9 @@
+"""Compute kernels: Triton on CUDA, each op in its own module beside a torch reference.
+
+Each module `X` offers `X_torch` (the reference), `X_triton` (the kernel; it also runs on
+CPU tensors under `TRITON_INTERPRET=1`) and `X` (dispatch: Triton on CUDA, torch elsewhere):
+`write_kv_cache`, `paged_decode_attention`, `paged_prefill_attention`, `token_bitmask`
+(`apply_token_bitmask_`), `rms_norm`, `rotary_embedding`. `triton_attention` holds
+`TritonAttentionBackend`, the attention backend built on them. Nothing is imported here, so
+that importing one kernel module stays cheap and free of import cycles with the engine.
+"""
