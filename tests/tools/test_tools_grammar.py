@@ -7,7 +7,7 @@ import json
 import pytest
 from corral.tools import format_call, tool_call_constraint
 
-from .grammar_check import is_valid_output, match_text
+from .grammar_check import GrammarCheck, is_valid_output, match_text
 
 TOOLS = [
     {
@@ -141,3 +141,16 @@ def test_unicode_and_escapes_in_arguments(ll_tokenizer, hf_tokenizer):
     assert is_valid_output(ll_tokenizer, hf_tokenizer, grammar("required"), call)
     args = json.loads(call.split("\n")[1])["arguments"]
     assert args["city"].startswith("Zürich")
+
+
+def test_recursive_ref_schemas_are_enforced(ll_tokenizer, hf_tokenizer):
+    node = {"type": "object", "properties": {
+        "v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}}},
+        "required": ["v"], "additionalProperties": False}
+    params = {"type": "object", "properties": {"tree": {"$ref": "#/$defs/node"}},
+              "required": ["tree"], "$defs": {"node": node}}
+    tools = [{"type": "function", "function": {"name": "walk", "parameters": params}}]
+    check = GrammarCheck(ll_tokenizer, hf_tokenizer,
+                         tool_call_constraint(tools, "required").grammar)
+    assert check.accepts(format_call("walk", {"tree": {"v": 1, "kids": [{"v": 2, "kids": []}]}}))
+    assert not check.accepts(format_call("walk", {"tree": {"v": 1, "kids": [{"v": "2"}]}}))
