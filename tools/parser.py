@@ -33,6 +33,7 @@ from corral.tools.events import (
     new_call_id,
 )
 from corral.tools.functions import parse_tools
+from corral.tools.json_scan import JsonValueScanner, Scan
 
 _ARGUMENT_KEYS = ("arguments", "parameters")
 
@@ -156,13 +157,8 @@ class ToolCallParser:
         self._name: str | None = None
         self._args_buf: str | None = None  # arguments read before the name
         self._args_state = "none"  # none|open|done
-        self._key_buf = ""
         self._key: str | None = None
-        self._val_buf = ""
-        self._val_depth = 0
-        self._val_in_str = False
-        self._val_escape = False
-        self._val_is_primitive = False
+        self._scanner = JsonValueScanner()  # the key or value being read
         self._post_buf = ""
 
     def _open_call(self) -> None:
@@ -199,14 +195,9 @@ class ToolCallParser:
         if state == "value":
             self._step_value(c)
         elif state == "key_str":
-            self._key_buf += c
-            if self._val_escape:
-                self._val_escape = False
-            elif c == "\\":
-                self._val_escape = True
-            elif c == '"':
+            if self._scanner.push(c) is Scan.DONE:
                 try:
-                    self._key = json.loads(self._key_buf)
+                    self._key = json.loads(self._scanner.text)
                 except json.JSONDecodeError:
                     self._fail()
                     return
@@ -226,7 +217,8 @@ class ToolCallParser:
                 self._fail()
         elif state == "key":
             if c == '"':
-                self._state, self._key_buf = "key_str", '"'
+                self._state, self._scanner = "key_str", JsonValueScanner()
+                self._scanner.push(c)
             elif c == "}":
                 self._end_object()
             else:
@@ -260,45 +252,26 @@ class ToolCallParser:
     # -- values of the call object ---------------------------------------------------------
 
     def _start_value(self) -> None:
-        self._state = "value"
-        self._val_buf = ""
-        self._val_depth = 0
-        self._val_in_str = self._val_escape = self._val_is_primitive = False
+        self._state, self._scanner = "value", JsonValueScanner()
 
     def _is_streaming_arguments(self) -> bool:
         return self._key in _ARGUMENT_KEYS and self._args_state != "done"
 
     def _step_value(self, c: str) -> None:
-        if not self._val_buf:
+        if not self._scanner.text:
             if c.isspace():
                 return
-            self._val_is_primitive = c not in '"{['
             if self._is_streaming_arguments():
                 self._args_state = "open"
-        elif self._val_is_primitive and (c.isspace() or c in ",}"):
+        scan = self._scanner.push(c)
+        if scan is Scan.ENDED_BEFORE:
             self._raw = self._raw[:-1]  # c is read again after the value
             self._end_value()
             self._step(c)
             return
-        self._val_buf += c
         if self._is_streaming_arguments() and self._call_index is not None:
             self._emit_arguments(c)
-        if self._val_is_primitive:
-            return
-        if self._val_in_str:
-            if self._val_escape:
-                self._val_escape = False
-            elif c == "\\":
-                self._val_escape = True
-            elif c == '"':
-                self._val_in_str = False
-        elif c == '"':
-            self._val_in_str = True
-        elif c in "{[":
-            self._val_depth += 1
-        elif c in "}]":
-            self._val_depth -= 1
-        if not self._val_in_str and self._val_depth <= 0:
+        if scan is Scan.DONE:
             self._end_value()
 
     def _end_value(self) -> None:
@@ -306,10 +279,10 @@ class ToolCallParser:
         if self._key in _ARGUMENT_KEYS and self._args_state != "done":
             self._args_state = "done"
             if self._call_index is None:
-                self._args_buf = self._val_buf
+                self._args_buf = self._scanner.text
         elif self._key == "name" and self._call_index is None:
             try:
-                name = json.loads(self._val_buf)
+                name = json.loads(self._scanner.text)
             except json.JSONDecodeError:
                 name = None
             if isinstance(name, str) and name:
