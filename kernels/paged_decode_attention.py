@@ -4,9 +4,10 @@ The Triton kernel is flash-decoding over the paged cache. A program owns one (se
 KV head, split): it loads the query rows of the KV head's whole GQA group at once (the KV
 tile is read once for all of them, never repeated in memory) and runs an online softmax over
 its split of the context. With several splits, a second kernel merges the partial results
-by their log-sum-exp. The grid depends only on python ints (batch size, `max_seq_len`), so
-the launch is CUDA-graph capture-safe; the last split always runs to the sequence's end,
-so a replay with longer contexts than the captured `max_seq_len` stays correct.
+by their log-sum-exp (`decode_split_merge`). The grid depends only on python ints (batch
+size, `max_seq_len`), so the launch is CUDA-graph capture-safe; the last split always runs
+to the sequence's end, so a replay with longer contexts than the captured `max_seq_len`
+stays correct.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from corral.kernels._triton import (
     tl,
     use_triton,
 )
+from corral.kernels.decode_split_merge import merge_decode_splits_triton
 
 __all__ = [
     "paged_decode_attention",
@@ -191,49 +193,6 @@ def _decode_split_kernel(
         tl.store(part_lse_ptr + row * num_splits + split, m_i + tl.log2(safe_l), mask=head_mask)
 
 
-@jit
-def _decode_reduce_kernel(
-    part_out_ptr,
-    part_lse_ptr,
-    seq_lens_ptr,
-    out_ptr,
-    partition,
-    num_splits,
-    stride_os,
-    stride_oh,
-    NUM_HEADS: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    SPLITS_PAD: tl.constexpr,
-):
-    # One program per (sequence, query head): merges the splits that saw tokens.
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    seq_len = tl.load(seq_lens_ptr + seq)
-    num_valid = tl.minimum((seq_len + partition - 1) // partition, num_splits)
-    splits = tl.arange(0, SPLITS_PAD)
-    split_mask = splits < num_valid
-    row = seq.to(tl.int64) * NUM_HEADS + head
-    lse = tl.load(part_lse_ptr + row * num_splits + splits, mask=split_mask, other=float("-inf"))
-    lse_max = tl.max(lse, 0)
-    weights = tl.where(split_mask, tl.exp2(lse - lse_max), 0.0)  # [SPLITS_PAD]
-    total = tl.sum(weights, 0)
-    weights = weights / tl.where(total > 0.0, total, 1.0)
-    dims = tl.arange(0, BLOCK_D)
-    dim_mask = dims < HEAD_DIM
-    parts = tl.load(
-        part_out_ptr + (row * num_splits + splits[:, None]) * HEAD_DIM + dims[None, :],
-        mask=split_mask[:, None] & dim_mask[None, :],
-        other=0.0,
-    )  # [SPLITS_PAD, BLOCK_D]
-    result = tl.sum(parts * weights[:, None], 0)
-    tl.store(
-        out_ptr + seq * stride_os + head * stride_oh + dims,
-        result.to(out_ptr.dtype.element_ty),
-        mask=dim_mask,
-    )
-
-
 def decode_partition(
     num_seqs: int, num_kv_heads: int, max_seq_len: int, device: torch.device
 ) -> tuple[int, int]:
@@ -330,21 +289,7 @@ def paged_decode_attention_triton(
         num_stages=DECODE_CONFIG["num_stages"],
     )
     if num_splits > 1:
-        _decode_reduce_kernel[(num_seqs, num_heads)](
-            part_out,
-            part_lse,
-            seq_lens,
-            out,
-            partition,
-            num_splits,
-            out.stride(0),
-            out.stride(1),
-            NUM_HEADS=num_heads,
-            HEAD_DIM=head_dim,
-            BLOCK_D=block_d,
-            SPLITS_PAD=next_power_of_2(num_splits),
-            num_warps=1 if head_dim <= 64 else 2,
-        )
+        merge_decode_splits_triton(part_out, part_lse, seq_lens, partition, out)
     return out
 
 

@@ -73,8 +73,9 @@ def _check_prefill(
 def test_prefill_matches_torch(dtype, block_size, group) -> None:
     # Two KV heads without GQA; one with it (the backend test covers GQA over two).
     _check_prefill(
-        MIX, num_kv_heads=2 if group == 1 else 1, group=group, head_dim=32, block_size=block_size, dtype=dtype,
-        device=cpu_or_cuda(), config=(32, 16, 4, 1), seed=block_size * 10 + group,
+        MIX, num_kv_heads=2 if group == 1 else 1, group=group, head_dim=32,
+        block_size=block_size, dtype=dtype, device=cpu_or_cuda(), config=(32, 16, 4, 1),
+        seed=block_size * 10 + group,
     )
 
 
