@@ -157,6 +157,8 @@ class ChatCompletionRequest(OpenAIModel):
     stop_token_ids: list[int] | None = None
     structured_outputs: StructuredOutputs | None = None
     fast_forward: bool | None = None
+    # False: tool calls are parsed but not enforced by a grammar (for comparisons only).
+    constrain_tool_calls: bool | None = None
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.to_dict(f"messages.{i}") for i, m in enumerate(self.messages)]

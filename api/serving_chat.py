@@ -54,7 +54,7 @@ async def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> Prepar
     tools = req.tool_dicts() if req.uses_tools() else None
     tool_spec = None
     try:
-        if tools:
+        if tools and req.constrain_tool_calls is not False:
             parallel = True if req.parallel_tool_calls is None else req.parallel_tool_calls
             tool_spec = tool_call_constraint(tools, req.tool_choice_value(), parallel)
         prompt = render_chat_prompt(state.tokenizer, messages, tools,
