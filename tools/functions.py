@@ -7,8 +7,10 @@ so each rule about what a valid tool is lives here once.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import jsonschema
@@ -48,8 +50,14 @@ class ToolChoice:
     name: str | None = None
 
 
-def parse_tools(tools: list[dict[str, Any]] | None) -> list[FunctionSpec]:
-    """Validate OpenAI-format `tools` into FunctionSpecs (ValueError naming the field)."""
+def parse_tools(
+    tools: list[dict[str, Any]] | None, check_schemas: bool = True
+) -> list[FunctionSpec]:
+    """Validate OpenAI-format `tools` into FunctionSpecs (ValueError naming the field).
+
+    `check_schemas=False` skips checking each `parameters` against the JSON Schema
+    meta-schema (for callers that only need the names).
+    """
     if tools is None:
         return []
     if not isinstance(tools, (list, tuple)):
@@ -57,7 +65,7 @@ def parse_tools(tools: list[dict[str, Any]] | None) -> list[FunctionSpec]:
     specs: list[FunctionSpec] = []
     seen: set[str] = set()
     for i, tool in enumerate(tools):
-        spec = _parse_tool(tool, f"tools[{i}]")
+        spec = _parse_tool(tool, f"tools[{i}]", check_schemas)
         if spec.name in seen:
             raise ValueError(f"tools[{i}].function.name: duplicate function name {spec.name!r}")
         seen.add(spec.name)
@@ -65,7 +73,7 @@ def parse_tools(tools: list[dict[str, Any]] | None) -> list[FunctionSpec]:
     return specs
 
 
-def _parse_tool(tool: Any, where: str) -> FunctionSpec:
+def _parse_tool(tool: Any, where: str, check_schemas: bool) -> FunctionSpec:
     if isinstance(tool, FunctionSpec):
         return tool
     if not isinstance(tool, dict):
@@ -89,11 +97,12 @@ def _parse_tool(tool: Any, where: str) -> FunctionSpec:
     strict = function.get("strict")
     if strict is not None and not isinstance(strict, bool):
         raise ValueError(f"{where}.function.strict: must be a boolean")
-    parameters = _parse_parameters(function.get("parameters"), f"{where}.function.parameters")
+    parameters = _parse_parameters(function.get("parameters"), f"{where}.function.parameters",
+                                   check_schemas)
     return FunctionSpec(name, description, parameters, bool(strict))
 
 
-def _parse_parameters(parameters: Any, where: str) -> dict[str, Any]:
+def _parse_parameters(parameters: Any, where: str, check_schema: bool) -> dict[str, Any]:
     if parameters is None:
         return {"type": "object", "properties": {}, "additionalProperties": False}
     if not isinstance(parameters, dict):
@@ -104,12 +113,19 @@ def _parse_parameters(parameters: Any, where: str) -> dict[str, Any]:
         schema["type"] = "object"
     elif kind != "object" and not (isinstance(kind, list) and kind == ["object"]):
         raise ValueError(f"{where}: the schema's type must be 'object' (got {kind!r})")
+    if check_schema:
+        _check_schema(json.dumps(schema, sort_keys=True), where)
+    return schema
+
+
+@lru_cache(maxsize=1024)
+def _check_schema(schema_json: str, where: str) -> None:
+    """Check against the meta-schema (about 10 ms a schema, so agents' repeats are cached)."""
     try:
-        jsonschema.Draft202012Validator.check_schema(schema)
+        jsonschema.Draft202012Validator.check_schema(json.loads(schema_json))
     except jsonschema.SchemaError as e:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path)
         raise ValueError(f"{where}{path}: not a valid JSON Schema ({e.message})") from None
-    return schema
 
 
 def parse_tool_choice(tool_choice: Any, specs: list[FunctionSpec]) -> ToolChoice:

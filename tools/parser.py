@@ -42,7 +42,7 @@ class ToolCallParser:
     """Streaming and final parser of one completion's text (see the module docstring)."""
 
     def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
-        self.function_names = [spec.name for spec in parse_tools(tools)]
+        self.function_names = [spec.name for spec in parse_tools(tools, check_schemas=False)]
         self._pending: list[Event] = []  # emitted since the last feed() returned
         self._is_finished = False
         self._content_parts: list[str] = []
