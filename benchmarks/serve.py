@@ -1,0 +1,173 @@
+"""Online serving benchmark: Poisson arrivals against a running `corral serve`.
+
+At each request rate, `--num-requests` streaming completions arrive with exponential gaps
+(rate `inf` sends them all at once). Prompts are random token ids of `--input-len` tokens
+(uniform in +-`--range-ratio`), outputs are `--output-len` tokens with EOS ignored, so every
+rate does the same work. Prints per rate: achieved request rate, output tokens/s,
+time-to-first-token and inter-token latency p50/p99, end-to-end p50.
+
+    corral serve --port 8000 &
+    python benchmarks/serve.py --rates 1 4 16 inf --num-requests 64
+    # GPU, random weights in Llama-3-8B's shape:
+    corral serve --load-format dummy --shape llama3-8b --device cuda &
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+
+@dataclass
+class Result:
+    ok: bool
+    ttft: float = 0.0
+    e2e: float = 0.0
+    itls: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+    error: str = ""
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+async def one_request(client: httpx.AsyncClient, url: str, headers: dict[str, str],
+                      model: str, prompt: list[int], output_len: int) -> Result:
+    body = {"model": model, "prompt": prompt, "max_tokens": output_len, "temperature": 0,
+            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    start = time.perf_counter()
+    last = None
+    result = Result(ok=False)
+    try:
+        async with client.stream("POST", url, json=body, headers=headers) as r:
+            if r.status_code != 200:
+                await r.aread()
+                return Result(ok=False, error=f"{r.status_code} {r.text[:200]}")
+            async for line in r.aiter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    return Result(ok=False, error=str(event["error"])[:200])
+                if event.get("usage"):
+                    result.output_tokens = event["usage"]["completion_tokens"]
+                if any(c.get("text") for c in event.get("choices", [])):
+                    now = time.perf_counter()
+                    if last is None:
+                        result.ttft = now - start
+                    else:
+                        result.itls.append(now - last)
+                    last = now
+    except httpx.HTTPError as e:
+        return Result(ok=False, error=repr(e))
+    result.e2e = time.perf_counter() - start
+    result.ok = True
+    return result
+
+
+async def run_rate(args: argparse.Namespace, rate: float, model: str,
+                   prompts: list[list[int]], outputs: list[int]) -> dict[str, float]:
+    url = args.base_url.rstrip("/") + "/completions"
+    headers = {"Authorization": f"Bearer {args.api_key}"}
+    rng = random.Random(args.seed)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(timeout=None, limits=limits) as client:
+        tasks = []
+        start = time.perf_counter()
+        for prompt, out_len in zip(prompts, outputs, strict=True):
+            tasks.append(asyncio.create_task(
+                one_request(client, url, headers, model, prompt, out_len)))
+            if math.isfinite(rate):
+                await asyncio.sleep(rng.expovariate(rate))
+        results = await asyncio.gather(*tasks)
+        duration = time.perf_counter() - start
+    ok = [r for r in results if r.ok]
+    for r in results:
+        if not r.ok:
+            print(f"  failed: {r.error}", file=sys.stderr)
+    itls = [x for r in ok for x in r.itls]
+    return {
+        "rate": rate, "ok": len(ok), "n": len(results), "duration": duration,
+        "req_s": len(ok) / duration, "tok_s": sum(r.output_tokens for r in ok) / duration,
+        "ttft_p50": percentile([r.ttft for r in ok], 50) * 1000,
+        "ttft_p99": percentile([r.ttft for r in ok], 99) * 1000,
+        "itl_p50": percentile(itls, 50) * 1000, "itl_p99": percentile(itls, 99) * 1000,
+        "e2e_p50": percentile([r.e2e for r in ok], 50),
+    }
+
+
+def workload(args: argparse.Namespace) -> tuple[list[list[int]], list[int]]:
+    rng = random.Random(args.seed)
+    lo_tok, hi_tok = args.token_range
+
+    def length(mean: int) -> int:
+        spread = int(mean * args.range_ratio)
+        return max(1, rng.randint(mean - spread, mean + spread))
+
+    prompts = [[rng.randrange(lo_tok, hi_tok) for _ in range(length(args.input_len))]
+               for _ in range(args.num_requests)]
+    outputs = [length(args.output_len) for _ in range(args.num_requests)]
+    return prompts, outputs
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    headers = {"Authorization": f"Bearer {args.api_key}"}
+    async with httpx.AsyncClient(timeout=30) as client:
+        r = await client.get(args.base_url.rstrip("/") + "/models", headers=headers)
+        r.raise_for_status()
+        model = r.json()["data"][0]["id"]
+    prompts, outputs = workload(args)
+    print(f"model {model}: {args.num_requests} requests per rate, input ~{args.input_len}, "
+          f"output ~{args.output_len} tokens (EOS ignored)")
+    if args.warmup:
+        await run_rate(args, math.inf, model, prompts[:2], [4, 4])
+    header = (f"{'rate':>6} {'ok':>7} {'req/s':>7} {'out tok/s':>10} {'TTFT p50':>9} "
+              f"{'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'e2e p50':>8}")
+    print(header)
+    print(" " * 36 + "(ms)      (ms)     (ms)     (ms)      (s)")
+    for rate in args.rates:
+        s = await run_rate(args, rate, model, prompts, outputs)
+        print(f"{s['rate']:>6} {s['ok']:>3}/{s['n']:<3} {s['req_s']:>7.2f} {s['tok_s']:>10.1f} "
+              f"{s['ttft_p50']:>9.1f} {s['ttft_p99']:>9.1f} {s['itl_p50']:>8.1f} "
+              f"{s['itl_p99']:>8.1f} {s['e2e_p50']:>8.2f}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Online serving benchmark (Poisson arrivals)")
+    parser.add_argument("--base-url", default=os.environ.get("CORRAL_BASE_URL",
+                                                             "http://127.0.0.1:8000/v1"))
+    parser.add_argument("--api-key", default=os.environ.get("CORRAL_API_KEY", "none"))
+    parser.add_argument("--rates", nargs="+", type=float, default=[1.0, 4.0, math.inf],
+                        help="requests per second; inf sends all at once")
+    parser.add_argument("--num-requests", type=int, default=64)
+    parser.add_argument("--input-len", type=int, default=256)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--range-ratio", type=float, default=0.5)
+    parser.add_argument("--token-range", nargs=2, type=int, default=[1000, 20000],
+                        help="prompt token ids are drawn from this range")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-warmup", dest="warmup", action="store_false")
+    args = parser.parse_args(argv)
+    if not 0 <= args.range_ratio < 1:
+        parser.error("--range-ratio: must be in [0, 1)")
+    return asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
