@@ -12,8 +12,10 @@ Rules, for the format in `call_format`:
 - A call becomes a call (first delta: index, id, name) once `<tool_call>`, `{` and a string
   "name" value have been read. Its "arguments" (or "parameters") value is streamed as raw
   JSON text as it arrives; a call without arguments gets "{}".
-- A block that breaks the format before its name is known is given back as content.
-  After the name, anything malformed up to `</tool_call>` is skipped.
+- A block may also hold a JSON list of call objects (the form SmolLM2 was trained on):
+  `<tool_call>[{...}, {...}]</tool_call>` is two calls, `<tool_call>[]</tool_call>` none.
+- A block that breaks the format before its first name is known is given back as content.
+  After that, anything malformed up to `</tool_call>` is skipped.
 - `</tool_call>` ends a call; a new `<tool_call>` or the end of the text also does, and any
   other text after the call's object ends it and goes back to content.
 """
@@ -69,7 +71,7 @@ class ToolCallParser:
         """Flush at the end of the text: held text and an open call are settled."""
         if self._is_finished:
             return []
-        while self._in_call and self._call_index is None:
+        while self._in_call and self._num_block_calls == 0 and self._state != "post":
             self._release()
         if self._in_call:
             self._close_call()
@@ -150,16 +152,22 @@ class ToolCallParser:
     # -- call mode -------------------------------------------------------------------------
 
     def _reset_call(self, dropped_ws: str) -> None:
-        self._state = "pre"  # pre|key|key_str|colon|value|after_value|post|skip
+        # pre|item|key|key_str|colon|value|after_value|after_item|post|skip
+        self._state = "pre"
         self._raw = ""  # text read since the marker
         self._dropped_ws = dropped_ws
+        self._is_list = False  # the block holds a JSON list of calls
+        self._num_block_calls = 0
+        self._reset_object()
+        self._post_buf = ""
+
+    def _reset_object(self) -> None:
         self._call_index: int | None = None
         self._name: str | None = None
         self._args_buf: str | None = None  # arguments read before the name
         self._args_state = "none"  # none|open|done
         self._key: str | None = None
         self._scanner = JsonValueScanner()  # the key or value being read
-        self._post_buf = ""
 
     def _open_call(self) -> None:
         dropped, self._ws_hold = self._ws_hold, ""
@@ -174,15 +182,20 @@ class ToolCallParser:
         self._emit_text(CALL_START)
         self._feed_text(rest)
 
-    def _close_call(self) -> None:
-        if self._args_state == "none":
+    def _end_call(self) -> None:
+        if self._call_index is not None and self._args_state == "none":
             self._emit_arguments("{}")
+        self._reset_object()
+
+    def _close_call(self) -> None:
+        self._end_call()
         self._in_call = False
         self._is_after_call = True
         self._reset_call("")
 
     def _commit(self, name: str) -> None:
         self._call_index = len(self._calls)
+        self._num_block_calls += 1
         self._name = name
         self._emit(ToolCallDelta(self._call_index, new_call_id(), name, ""))
         if self._args_buf is not None:
@@ -210,9 +223,20 @@ class ToolCallParser:
                 self._close_call()
         elif c.isspace():
             return
-        elif state == "pre":
+        elif state in ("pre", "item"):
             if c == "{":
                 self._state = "key"
+            elif c == "[" and state == "pre":
+                self._state, self._is_list = "item", True
+            elif c == "]" and state == "item" and self._num_block_calls == 0:
+                self._state, self._post_buf = "post", ""
+            else:
+                self._fail()
+        elif state == "after_item":
+            if c == ",":
+                self._state = "item"
+            elif c == "]":
+                self._state, self._post_buf = "post", ""
             else:
                 self._fail()
         elif state == "key":
@@ -238,7 +262,7 @@ class ToolCallParser:
 
     def _fail(self) -> None:
         """The block broke the format; callers return right after (state may be new)."""
-        if self._call_index is None:
+        if self._call_index is None and self._num_block_calls == 0:
             self._release()
         else:
             self._state, self._post_buf = "skip", ""
@@ -246,6 +270,9 @@ class ToolCallParser:
     def _end_object(self) -> None:
         if self._call_index is None:
             self._fail()
+        elif self._is_list:
+            self._end_call()
+            self._state = "after_item"
         else:
             self._state, self._post_buf = "post", ""
 

@@ -73,6 +73,16 @@ def test_calls_without_arguments_or_with_arguments_first():
         ("ping", "{}"), ("set", '{"x": 1}')]
 
 
+def test_a_block_holding_a_list_of_calls():
+    parser = parse('Ok <tool_call>[\n{"name": "get_time", "arguments": {}},\n'
+                   '{"name": "get_weather", "arguments": {"city": "Rome"}}\n]</tool_call>')
+    assert parser.content == "Ok"
+    assert [(c.name, c.arguments) for c in parser.tool_calls] == [
+        ("get_time", "{}"), ("get_weather", '{"city": "Rome"}')]
+    empty = parse("<tool_call>[]</tool_call>")
+    assert (empty.content, empty.tool_calls) == (None, [])
+
+
 def test_partial_marker_is_held_back_while_streaming():
     parser = ToolCallParser()
     assert parser.feed("Sure <tool") == [ContentDelta("Sure")]
@@ -132,9 +142,17 @@ _CALLS = st.builds(
     st.sampled_from(["get_weather", "get_time", "f"]),
     st.dictionaries(st.text(max_size=6), _ARG_VALUES, max_size=3),
 )
-_TOKENS = list("ab <>/\n{}\"_:,é東") + ["<tool_call>", "</tool_call>", "<tool_c", '"name": ']
+_TOKENS = list("ab <>/\n{}[]\"_:,é東") + ["<tool_call>", "</tool_call>", "<tool_c", '"name": ']
+
+
+def _list_block(calls: list[str]) -> str:
+    objects = [c.removeprefix("<tool_call>\n").removesuffix("\n</tool_call>") for c in calls]
+    return "<tool_call>[" + ", ".join(objects) + "]</tool_call>"
+
+
 _TEXTS = st.lists(st.sampled_from(_TOKENS), max_size=12).map("".join)
-_PIECES = st.lists(st.one_of(_CALLS, _TEXTS, st.sampled_from(["\n", " ", "<tool_call>\n{"])),
+_PIECES = st.lists(st.one_of(_CALLS, _TEXTS, st.lists(_CALLS, max_size=3).map(_list_block),
+                             st.sampled_from(["\n", " ", "<tool_call>\n{", "<tool_call>["])),
                    max_size=6)
 
 
