@@ -15,7 +15,13 @@ from typing import Any
 
 import llguidance
 from corral.engine.sampling_params import StructuredOutputsParams
-from corral.tools.call_format import CALL_END, CALL_SEPARATOR, CALL_START, JSON_LAYOUT
+from corral.tools.call_format import (
+    CALL_SEPARATOR,
+    CALL_START,
+    CALL_SUFFIX,
+    JSON_LAYOUT,
+    call_prefix,
+)
 from corral.tools.functions import FunctionSpec, ToolChoice, parse_tool_choice, parse_tools
 
 MAX_PARALLEL_CALLS = 16
@@ -68,21 +74,21 @@ def build_tool_grammar(specs: list[FunctionSpec], choice: ToolChoice, max_calls:
         # (lazy: it ends there), after which only calls may follow.
         marker = _regex_escape(CALL_START)
         lines += [
-            f"start: plain | head body{more}",
+            f"start: plain | head fn{more}",
             "plain: PLAIN",
             f"PLAIN: /(?s:.*)/ & ~/(?s:.*){marker}(?s:.*)/",
             f"head[lazy]: /(?s:.*){marker}/",
         ]
     else:
         lines.append(f"start: call{more}")
+    # A call is CALL_START, then one function's fixed text, arguments and CALL_SUFFIX.
     lines += [
-        f"call: {_lit(CALL_START)} body",
-        'body: ' + _lit('\n{"name": ') + " fn",
+        f"call: {_lit(CALL_START)} fn",
         "fn: " + " | ".join(f"fn_{i}" for i in range(len(specs))),
     ]
     for i, spec in enumerate(specs):
-        head = _lit(f'{json.dumps(spec.name)}, "arguments": ')
-        lines.append(f"fn_{i}: {head} args_{i} {_lit(chr(10).join(['}', CALL_END]))}")
+        head = _lit(call_prefix(spec.name).removeprefix(CALL_START))
+        lines.append(f"fn_{i}: {head} args_{i} {_lit(CALL_SUFFIX)}")
         lines.append(f"args_{i}: %json {_canonical(_arguments_schema(spec))}")
     return "\n".join(lines) + "\n"
 
