@@ -100,7 +100,7 @@ def bench_decode(copy_bw: float, sweep: bool, rows: list[dict]) -> None:
     default = dict(decode_mod.DECODE_CONFIG)
     configs = [default]
     if sweep:
-        for min_partition, per_sm in [(128, 4), (64, 4), (128, 8), (256, 4)]:
+        for min_partition, per_sm in [(64, 1), (64, 3), (64, 4), (256, 2)]:
             configs.append({**default, "min_partition": min_partition,
                             "programs_per_sm": per_sm})
     print("\n== paged decode attention (bf16, 32 q / 8 kv heads, d=128, block 16) ==")
@@ -179,8 +179,9 @@ def bench_prefill(sweep: bool, rows: list[dict]) -> None:
     for num_seqs, context, chunk, head_dim in cases:
         configs = [prefill_mod.prefill_config(DTYPE, head_dim)]
         if sweep:
-            configs += [c for c in [(128, 64, 8, 3), (64, 64, 4, 3), (128, 128, 8, 2),
-                                    (128, 64, 4, 3), (128, 128, 4, 3)] if c not in configs]
+            configs += [c for c in [(128, 64, 8, 3), (128, 128, 4, 3), (256, 64, 8, 2),
+                                    (256, 64, 16, 2), (256, 128, 16, 2), (256, 32, 8, 3)]
+                        if c not in configs]
         _prefill_case(num_seqs, context, chunk, head_dim, configs, gen, rows)
         torch.cuda.empty_cache()
 
