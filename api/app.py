@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -107,7 +108,9 @@ def create_app(engine: Any, settings: ServerSettings | None = None,
             await asyncio.to_thread(engine.register_grammar, req.name, req.definition,
                                     req.syntax)
         except ValueError as e:
-            raise APIError.from_value_error(e, param="definition") from None
+            message = _SPEC_PREFIX.sub("", str(e), count=1)
+            raise APIError(f"definition: {message}", param="definition",
+                           code="invalid_grammar") from None
         card = _grammar_card(state, req.name) or GrammarCard(name=req.name, syntax=req.syntax)
         return JSONResponse(card.model_dump(), status_code=201)
 
@@ -136,6 +139,9 @@ def create_app(engine: Any, settings: ServerSettings | None = None,
         return JSONResponse({"object": "grammar.deleted", "name": name, "deleted": True})
 
     return app
+
+
+_SPEC_PREFIX = re.compile(r"^structured_outputs(?:\.\w+)?: ")
 
 
 def _embedding_inputs(req: EmbeddingRequest) -> list[str] | list[list[int]]:

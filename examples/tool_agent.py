@@ -39,12 +39,15 @@ TOOLS = [
     {"type": "function", "function": {
         "name": "calculate",
         "description": "Evaluate an arithmetic expression such as '12 * (3 + 4)'",
-        "parameters": {"type": "object", "properties": {"expression": {"type": "string"}},
+        "parameters": {"type": "object",
+                       "properties": {"expression": {"type": "string", "maxLength": 40,
+                                                     "pattern": "^[0-9+*/(). -]+$"}},
                        "required": ["expression"], "additionalProperties": False}}},
     {"type": "function", "function": {
         "name": "word_length",
         "description": "Count the letters in a word",
-        "parameters": {"type": "object", "properties": {"word": {"type": "string"}},
+        "parameters": {"type": "object",
+                       "properties": {"word": {"type": "string", "maxLength": 30}},
                        "required": ["word"], "additionalProperties": False}}},
 ]
 
@@ -61,6 +64,8 @@ def run_agent(question: str, max_rounds: int = 4) -> str:
                                              parallel_tool_calls=False,
                                              max_tokens=120, temperature=0)
         message = response.choices[0].message
+        if response.choices[0].finish_reason == "length":
+            break  # cut by max_tokens: a call may be partial
         if not message.tool_calls:
             return message.content or ""
         messages.append({"role": "assistant", "content": message.content,
