@@ -24,7 +24,9 @@ class GrammarCompiler:
 
     `vocab_size` is the model's logits width (it may exceed `len(tokenizer)`); masks are
     `[rows, ceil(vocab_size/32)]`. `default_backend` is used unless a spec names its own.
-    `timeout` is the compile deadline in seconds (queueing included). `json_whitespace` is
+    `timeout` is the compile deadline in seconds (queueing included); a compile past it
+    fails its future but runs on in its pool (each backend has its own `max_workers`
+    threads) and its result is cached for later requests. `json_whitespace` is
     a regex for the whitespace allowed at each JSON whitespace position (matched at most
     once); None keeps JSON compact. Results (refusals too) are cached by
     (kind, canonical spec, backend, tokenizer).
@@ -60,7 +62,9 @@ class GrammarCompiler:
         self._cache_size = cache_size
         self._inflight: dict[CacheKey, Future] = {}
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="corral-grammar")
+        # One pool per backend: a slow outlines compile never delays an llguidance one.
+        self._pools = {b: ThreadPoolExecutor(max_workers, thread_name_prefix=f"corral-{b}")
+                       for b in BACKENDS}
         self.compile_times: dict[str, deque[float]] = {b: deque(maxlen=4096) for b in BACKENDS}
         self.registry = GrammarRegistry(self)
 
@@ -113,12 +117,14 @@ class GrammarCompiler:
             timer.cancel()
             _settle(outer, inner.exception() or inner.result())
 
-        self._pool.submit(self._compile_now, resolved, key).add_done_callback(done)
+        pool = self._pools[resolved.backend]
+        pool.submit(self._compile_now, resolved, key).add_done_callback(done)
         return outer
 
     def shutdown(self) -> None:
-        """Stop the compile pool (pending compiles are cancelled)."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the compile pools (pending compiles are cancelled)."""
+        for pool in self._pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _compile_now(self, spec: GrammarSpec, key: CacheKey) -> CompiledGrammar | ValueError:
         start = time.perf_counter()

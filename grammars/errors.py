@@ -16,9 +16,14 @@ SCHEMA_KEYWORDS = sorted([
     "dependentSchemas", "prefixItems", "items", "additionalItems", "contains", "properties",
     "patternProperties", "additionalProperties", "propertyNames", "unevaluatedItems",
     "unevaluatedProperties", "$ref", "$dynamicRef", "$recursiveRef", "format",
-    "contentEncoding", "contentMediaType", "contentSchema",
+    "contentEncoding", "contentMediaType", "contentSchema", "$dynamicAnchor", "$anchor", "$id",
+    "$vocabulary",
 ], key=len, reverse=True)
 
+# Phrases of backend messages that name a keyword without quoting it.
+_HINTS = (("patternpropert", "patternProperties"), ("resource '", "$ref"),
+          ("reference", "$ref"), ("intersection", "allOf"), ("format", "format"),
+          ("regex", "pattern"))
 _LLG_POSITION = re.compile(r"(?:^|\s|at )(\d+)\((\d+)\)")
 _LARK_POSITION = re.compile(r"line (\d+),? col(?:umn)? (\d+)")
 
@@ -29,15 +34,16 @@ def keyword_in_message(message: str) -> str | None:
     for word in quoted:
         if word in SCHEMA_KEYWORDS:
             return word
-    if "format" in message.lower():
-        return "format"
-    if "regex" in message.lower():
-        return "pattern"
-    for keyword in SCHEMA_KEYWORDS:
-        if len(keyword) > 4 and re.search(rf"(?<![A-Za-z]){re.escape(keyword)}(?![A-Za-z])",
-                                          message):
+    lowered = message.lower()
+    for hint, keyword in _HINTS:
+        if hint in lowered:
             return keyword
-    return None
+    found = []
+    for keyword in SCHEMA_KEYWORDS:
+        hit = re.search(rf"(?<![A-Za-z$]){re.escape(keyword)}(?![A-Za-z])", message)
+        if hit and len(keyword) > 3:
+            found.append((hit.start(), -len(keyword), keyword))
+    return min(found)[2] if found else None
 
 
 def json_schema_error(backend: str, message: str, keyword: str | None = None) -> ValueError:

@@ -15,6 +15,7 @@ import llguidance.hf
 import torch
 from corral.grammars.errors import grammar_error, json_schema_error
 from corral.grammars.matcher import Matcher
+from corral.grammars.schema_rewrite import prepared_schema
 from corral.grammars.spec import GrammarSpec
 
 _LIMITS = llguidance.LLParserLimits(verbose_errors=False)
@@ -45,8 +46,12 @@ class LLGuidanceBackend:
     def grammar_text(self, spec: GrammarSpec) -> str:
         """The llguidance grammar definition for `spec` (not yet checked)."""
         if spec.kind == "json":
-            return llguidance.LLMatcher.grammar_from_json_schema(
-                spec.text, overrides=self.json_options())
+            schema = prepared_schema(spec.text, self.name)
+            try:
+                return llguidance.LLMatcher.grammar_from_json_schema(
+                    schema, overrides=self.json_options())
+            except (TypeError, ValueError) as e:
+                raise json_schema_error(self.name, str(e)) from None
         if spec.kind == "json_object":
             return llguidance.LLMatcher.grammar_from_json_schema(
                 '{"type":"object"}', overrides=self.json_options())

@@ -51,6 +51,9 @@ class _Walker:
         if branch is None:
             if present:
                 raise self.refuse(sorted(present)[0], path, "needs a 'type' for outlines")
+            if path:
+                # outlines-core leaves the any-value regex ungrouped inside other patterns.
+                raise self.refuse("type", path, "a schema allowing any value must be the root")
             return
         getattr(self, "_" + branch.lstrip("$"))(node, path, present - {branch})
 
@@ -211,7 +214,7 @@ def _unsafe_pattern(pattern: Any) -> str | None:
     body = pattern
     if body.startswith("^") and body.endswith("$") and not body.endswith("\\$"):
         body = body[1:-1]
-    i, in_class, prev = 0, False, None
+    i, in_class, prev, depth = 0, False, None, 0
     while i < len(body):
         ch = body[i]
         if ch == "\\":
@@ -226,6 +229,10 @@ def _unsafe_pattern(pattern: Any) -> str | None:
             return "anchors are only supported as a leading ^ with a trailing $"
         if ch == "." and not in_class:
             return "'.' may match a quote or backslash"
+        if not in_class and ch in "()|":
+            depth += {"(": 1, ")": -1, "|": 0}[ch]
+            if ch == "|" and depth == 0:
+                return "a top-level '|' is not grouped by outlines; wrap it in (...)"
         if ch == "[":
             if in_class:
                 return "nested character classes are not supported"
