@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -60,30 +61,38 @@ def build_model(config, backend: AttentionBackend, max_position: int, dtype: tor
 
 
 def load_weights(model: LlamaForCausalLM, model_dir: Path) -> None:
-    """Copy safetensors weights into the model, fusing q/k/v and gate/up."""
+    """Copy a folder's safetensors weights into the model, fusing q/k/v and gate/up."""
     from safetensors import safe_open
 
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
         raise ValueError(f"model: no .safetensors files in {model_dir}")
+
+    def tensors():
+        for file in files:
+            with safe_open(str(file), framework="pt") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+
+    load_named_tensors(model, tensors(), str(model_dir))
+
+
+def load_named_tensors(model: LlamaForCausalLM, tensors: Iterable[tuple[str, torch.Tensor]],
+                       source: str = "state dict") -> None:
+    """Copy (checkpoint name, tensor) pairs in the HF layout into the model."""
     params = dict(model.named_parameters())
     loaded: set[str] = set()
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                target, offset = _target_of(model, name)
-                if target is None:
-                    continue
-                if target not in params:
-                    continue
-                tensor = f.get_tensor(name)
-                param = params[target]
-                with torch.no_grad():
-                    param.data[offset : offset + tensor.shape[0]].copy_(tensor.to(param.dtype))
-                loaded.add(f"{target}:{offset}")
-    missing = [n for n in params if not any(k.startswith(n + ":") for k in loaded)]
+    for name, tensor in tensors:
+        target, offset = _target_of(model, name)
+        if target is None or target not in params:
+            continue
+        param = params[target]
+        with torch.no_grad():
+            param.data[offset : offset + tensor.shape[0]].copy_(tensor.to(param.dtype))
+        loaded.add(target)
+    missing = [n for n in params if n not in loaded]
     if missing:
-        raise ValueError(f"model: checkpoint in {model_dir} lacks weights for {missing[:5]}")
+        raise ValueError(f"model: {source} lacks weights for {missing[:5]}")
 
 
 def _target_of(model: LlamaForCausalLM, name: str) -> tuple[str | None, int]:

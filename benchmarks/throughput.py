@@ -1,0 +1,172 @@
+"""Offline throughput: Corral versus transformers `generate()` on one seeded workload.
+
+One process runs the same requests (random prompt tokens, fixed output lengths, EOS
+ignored) through Corral's engine and through transformers in padded static batches (the
+naive server) and one request at a time, then prints output tokens/s and the ratios.
+
+    python benchmarks/throughput.py                       # CPU, the embedded model
+    python benchmarks/throughput.py --device cuda --shape llama3-8b --load-format dummy \\
+        --num-requests 256 --prompt-len 128 1024 --output-len 64 512 --hf-requests 128
+
+Static batches generate until their longest request is done; only the tokens each request
+asked for count as output. The one-at-a-time baseline runs on the first `--single-requests`
+requests (its rate per token does not depend on how many run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from corral.engine import LLM, SamplingParams  # noqa: E402
+
+
+def make_workload(args, vocab_size: int) -> list[tuple[list[int], int]]:
+    rng = random.Random(args.seed)
+    requests = []
+    for _ in range(args.num_requests):
+        prompt_len = rng.randint(*args.prompt_len)
+        output_len = rng.randint(*args.output_len)
+        prompt = [rng.randrange(100, vocab_size - 100) for _ in range(prompt_len)]
+        requests.append((prompt, output_len))
+    return requests
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def run_corral(llm: LLM, workload, device: str) -> tuple[float, int]:
+    prompts = [p for p, _ in workload]
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for _, n in workload]
+    llm.generate(prompts[:2], [SamplingParams(max_tokens=4, ignore_eos=True)] * 2)  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params)
+    sync(device)
+    elapsed = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    assert tokens == sum(n for _, n in workload), "Corral produced fewer tokens than asked"
+    return elapsed, tokens
+
+
+def run_transformers(model, workload, batch_size: int, pad_id: int,
+                     device: str) -> tuple[float, int]:
+    """Padded static batches: left-pad prompts, generate to the batch's longest output."""
+    elapsed, tokens = 0.0, 0
+    for i in range(0, len(workload), batch_size):
+        batch = workload[i : i + batch_size]
+        width = max(len(p) for p, _ in batch)
+        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, (prompt, _) in enumerate(batch):
+            ids[row, width - len(prompt):] = torch.tensor(prompt)
+            mask[row, width - len(prompt):] = 1
+        new = max(n for _, n in batch)
+        sync(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=False,
+                           max_new_tokens=new, min_new_tokens=new, pad_token_id=pad_id)
+        sync(device)
+        elapsed += time.perf_counter() - start
+        tokens += sum(n for _, n in batch)
+    return elapsed, tokens
+
+
+def hf_model_for(llm: LLM, args, dtype: torch.dtype):
+    """transformers' model with the same weights as Corral's engine."""
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+
+    from corral.engine.model_files import resolve_model_dir
+
+    if args.shape is None and args.load_format == "auto":
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_dir(args.model), dtype=dtype)
+        return model.to(args.device).eval()
+    config = llm.engine.runner.hf_config
+    with torch.device(args.device):
+        model = LlamaForCausalLM(config).to(dtype).eval()
+    ours = llm.engine.runner.model
+    state = model.state_dict()
+    with torch.no_grad():
+        for name, tensor in state.items():
+            tensor.copy_(_our_tensor(ours, name, tensor.shape))
+    return model
+
+
+def _our_tensor(ours, name: str, shape) -> torch.Tensor:
+    """The slice of Corral's (fused) parameter that holds HF tensor `name`."""
+    from corral.engine.model_loader import _target_of
+
+    if name == "lm_head.weight" and ours.tie_word_embeddings:
+        name = "model.embed_tokens.weight"
+    target, offset = _target_of(ours, name)
+    param = dict(ours.named_parameters())[target]
+    return param[offset : offset + shape[0]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shape", default=None, help="named shape for dummy weights, e.g. llama3-8b")
+    ap.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
+    ap.add_argument("--num-requests", type=int, default=64)
+    ap.add_argument("--prompt-len", type=int, nargs=2, default=[32, 512])
+    ap.add_argument("--output-len", type=int, nargs=2, default=[16, 256])
+    ap.add_argument("--hf-batch-size", type=int, default=64)
+    ap.add_argument("--hf-requests", type=int, default=None,
+                    help="run transformers' static batches on the first N requests only")
+    ap.add_argument("--single-requests", type=int, default=4)
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-transformers", action="store_true")
+    args = ap.parse_args()
+
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    llm = LLM(args.model, device=args.device, shape=args.shape, load_format=args.load_format,
+              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+              max_model_len=args.prompt_len[1] + args.output_len[1] + 16,
+              enable_prefix_caching=False)
+    workload = make_workload(args, llm.engine.vocab_size)
+    rows = []
+    hf = None
+    if not args.skip_transformers:
+        hf = hf_model_for(llm, args, dtype)
+        hf_work = workload[: args.hf_requests] if args.hf_requests else workload
+        pad = llm.tokenizer.pad_token_id or llm.engine.eos_token_ids[0]
+        t, n = run_transformers(hf, hf_work, args.hf_batch_size, pad, args.device)
+        rows.append((f"transformers, static batches of {args.hf_batch_size}", len(hf_work), n, t))
+        single = workload[: args.single_requests]
+        t, n = run_transformers(hf, single, 1, pad, args.device)
+        rows.append(("transformers, one request at a time", len(single), n, t))
+        del hf
+        gc.collect()
+    t, n = run_corral(llm, workload, args.device)
+    rows.append(("corral", len(workload), n, t))
+
+    device_name = (torch.cuda.get_device_name() if args.device.startswith("cuda")
+                   else f"CPU ({torch.get_num_threads()} threads)")
+    print(f"\nworkload: {args.num_requests} requests, prompt {args.prompt_len[0]}-"
+          f"{args.prompt_len[1]} tokens, output {args.output_len[0]}-{args.output_len[1]} tokens,"
+          f" EOS ignored; model {llm.engine.model_name if args.shape is None else args.shape}; "
+          f"{device_name}")
+    print(f"{'system':<40} {'requests':>8} {'out tokens':>10} {'seconds':>9} {'tok/s':>9}")
+    for name, reqs, n, t in rows:
+        print(f"{name:<40} {reqs:>8} {n:>10} {t:>9.2f} {n / t:>9.1f}")
+    corral_rate = rows[-1][2] / rows[-1][3]
+    for name, _, n, t in rows[:-1]:
+        print(f"corral / {name}: {corral_rate / (n / t):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
