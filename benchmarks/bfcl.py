@@ -168,13 +168,14 @@ def calls_ok(calls: list[tuple[str, dict[str, Any]]], truth: list[dict[str, Any]
 
 
 async def ask(client: Any, model: str, entry: dict[str, Any], constrained: bool,
-              max_tokens: int, tool_choice: str, sem: asyncio.Semaphore) -> dict[str, Any]:
+              max_tokens: int, tool_choice: str, parallel: bool,
+              sem: asyncio.Semaphore) -> dict[str, Any]:
     tools = to_tools(entry["function"])
     async with sem:
         response = await client.chat.completions.create(
             model=model, messages=entry["question"][0], tools=tools, tool_choice=tool_choice,
             temperature=0, max_tokens=max_tokens,
-            extra_body={"constrain_tool_calls": constrained})
+            parallel_tool_calls=parallel, extra_body={"constrain_tool_calls": constrained})
     choice = response.choices[0]
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in tools}
     parsed: list[tuple[str, dict[str, Any]]] = []
@@ -215,10 +216,13 @@ async def run(args: argparse.Namespace) -> int:
         answers = root / "possible_answer" / CATEGORIES[category]
         if answers.exists():
             truth = {e["id"]: e["ground_truth"] for e in load(answers)}
+        parallel = args.parallel_tool_calls == "true" or (
+            args.parallel_tool_calls == "category" and category.startswith("parallel"))
         for constrained in args.modes:
             start = time.monotonic()
             results = await asyncio.gather(*(ask(client, model, e, constrained,
-                                                 args.max_tokens, args.tool_choice, sem)
+                                                 args.max_tokens, args.tool_choice,
+                                                 parallel, sem)
                                              for e in entries))
             seconds = time.monotonic() - start
             with_calls = [r for r in results if r["calls"]]
@@ -234,7 +238,8 @@ async def run(args: argparse.Namespace) -> int:
                          sum(r["tokens"] for r in results), seconds))
             print_row(rows[-1], flush=True)
     print()
-    print_table(rows, model, args.tool_choice)
+    print_table(rows, model, f"tool_choice={args.tool_choice}, "
+                f"parallel_tool_calls={args.parallel_tool_calls}")
     return 0
 
 
@@ -245,8 +250,8 @@ def print_row(row: tuple, flush: bool = False) -> None:
           f"{100 * correct / n:>8.1f}% {tokens:>7} {seconds:>7.1f}", flush=flush)
 
 
-def print_table(rows: list[tuple], model: str, tool_choice: str) -> None:
-    print(f"BFCL single-turn, model {model}, tool_choice={tool_choice}, temperature 0")
+def print_table(rows: list[tuple], model: str, settings: str) -> None:
+    print(f"BFCL single-turn, model {model}, {settings}, temperature 0")
     print(f"{'category':<18} {'tools':<8} {'n':>4} {'calls':>6} {'valid':>8} {'cut':>4} "
           f"{'accuracy':>9} "
           f"{'tokens':>7} {'seconds':>7}")
@@ -266,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--tool-choice", default="auto", choices=["auto", "required"],
                         help="BFCL uses auto; required forces a call (wrong for irrelevance)")
+    parser.add_argument("--parallel-tool-calls", default="true",
+                        choices=["true", "false", "category"],
+                        help="category: true only for the parallel* categories")
     parser.add_argument("--modes", nargs="+", default=["grammar", "off"],
                         choices=["grammar", "off"])
     args = parser.parse_args(argv)

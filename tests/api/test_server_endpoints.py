@@ -157,3 +157,18 @@ def test_client_disconnect_aborts_and_frees_blocks(server):
     generated = metric(idle, "corral_generation_tokens_total")
     time.sleep(1.0)
     assert metric(scrape(server), "corral_generation_tokens_total") == generated
+
+
+def test_non_streamed_request_is_aborted_when_the_client_leaves(server):
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    body = {"model": "", "prompt": "Once upon a time", "max_tokens": 900, "ignore_eos": True}
+    before = metric(scrape(server), "corral_generation_tokens_total")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.v1 + "/completions", headers=headers, json=body, timeout=2.0)
+    deadline = time.monotonic() + 15
+    while metric(scrape(server), "corral_num_requests_running") != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    generated = metric(scrape(server), "corral_generation_tokens_total") - before
+    assert 0 < generated < 900
+    assert metric(scrape(server), "corral_kv_cache_usage_perc") == 0
