@@ -55,6 +55,11 @@ class Embedder:
             if isinstance(item, str):
                 ids = self.tokenizer(item, add_special_tokens=True)["input_ids"]
             else:
+                vocab = len(self.tokenizer)
+                bad = [t for t in item if not 0 <= t < vocab]
+                if bad:
+                    raise ValueError(f"input.{i}: token id {bad[0]} is outside the embedding "
+                                     f"model's vocabulary (0..{vocab - 1})")
                 ids = self._with_specials(list(item))
             if len(ids) > self.max_tokens:
                 raise ValueError(
