@@ -154,7 +154,7 @@ class ToolCallParser:
     def _reset_call(self, dropped_ws: str) -> None:
         # pre|item|key|key_str|colon|value|after_value|after_item|post|skip
         self._state = "pre"
-        self._raw = ""  # text read since the marker
+        self._raw = ""  # text read since the marker, kept until the block's first call
         self._dropped_ws = dropped_ws
         self._is_list = False  # the block holds a JSON list of calls
         self._num_block_calls = 0
@@ -163,7 +163,6 @@ class ToolCallParser:
 
     def _reset_object(self) -> None:
         self._call_index: int | None = None
-        self._name: str | None = None
         self._args_buf: str | None = None  # arguments read before the name
         self._args_state = "none"  # none|open|done
         self._key: str | None = None
@@ -196,14 +195,14 @@ class ToolCallParser:
     def _commit(self, name: str) -> None:
         self._call_index = len(self._calls)
         self._num_block_calls += 1
-        self._name = name
         self._emit(ToolCallDelta(self._call_index, new_call_id(), name, ""))
         if self._args_buf is not None:
             self._emit_arguments(self._args_buf)
             self._args_state = "done"
 
     def _step_call(self, c: str) -> None:
-        self._raw += c
+        if self._num_block_calls == 0:
+            self._raw += c
         state = self._state
         if state == "value":
             self._step_value(c)
@@ -292,7 +291,8 @@ class ToolCallParser:
                 self._args_state = "open"
         scan = self._scanner.push(c)
         if scan is Scan.ENDED_BEFORE:
-            self._raw = self._raw[:-1]  # c is read again after the value
+            if self._num_block_calls == 0:
+                self._raw = self._raw[:-1]  # c is read again after the value
             self._end_value()
             self._step(c)
             return
