@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from corral.engine.sampling_params import SamplingParams, StructuredOutputsParams
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from .errors import APIError
-from .protocol import OpenAIModel, StreamOptions, StructuredOutputs, UsageInfo
+from .protocol import OpenAIModel, StreamOptions, StructuredOutputs
 
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 
@@ -257,45 +257,3 @@ class ChatCompletionRequest(OpenAIModel):
                 else "max_tokens"
             raise APIError(f"{name}: must be a positive integer (got {value})", param=name)
         return value
-
-
-# ---- responses ----
-
-
-class TopLogprob(BaseModel):
-    token: str
-    logprob: float
-    bytes: list[int] | None = None
-
-
-class ChatTokenLogprob(TopLogprob):
-    top_logprobs: list[TopLogprob] = Field(default_factory=list)
-
-
-class ChoiceLogprobs(BaseModel):
-    content: list[ChatTokenLogprob] | None = None
-    refusal: list[ChatTokenLogprob] | None = None
-
-
-class ResponseMessage(BaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str | None = None
-    refusal: str | None = None
-    tool_calls: list[ToolCall] | None = None
-
-
-class ChatChoice(BaseModel):
-    index: int
-    message: ResponseMessage
-    logprobs: ChoiceLogprobs | None = None
-    finish_reason: str | None = None
-
-
-class ChatCompletionResponse(BaseModel):
-    id: str
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int
-    model: str
-    choices: list[ChatChoice]
-    usage: UsageInfo
-    system_fingerprint: str | None = None

@@ -13,7 +13,7 @@ from typing import Any
 
 from corral.engine.outputs import TokenLogprob
 
-from .chat_protocol import ChatTokenLogprob, TopLogprob
+from .chat_response import ChatTokenLogprob, TopLogprob
 from .completion_protocol import CompletionLogprobs
 
 LOGPROB_FLOOR = -9999.0

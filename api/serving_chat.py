@@ -11,15 +11,8 @@ from corral.engine.outputs import CompletionOutput, RequestOutput
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from .chat_protocol import (
-    ChatChoice,
-    ChatCompletionRequest,
-    ChatCompletionResponse,
-    ChoiceLogprobs,
-    FunctionCall,
-    ResponseMessage,
-    ToolCall,
-)
+from .chat_protocol import ChatCompletionRequest, FunctionCall, ToolCall
+from .chat_response import ChatChoice, ChatCompletionResponse, ChoiceLogprobs, ResponseMessage
 from .errors import APIError
 from .generation import (
     generate,
