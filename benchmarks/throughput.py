@@ -82,35 +82,23 @@ def run_transformers(model, workload, batch_size: int, pad_id: int,
     return elapsed, tokens
 
 
-def hf_model_for(llm: LLM, args, dtype: torch.dtype):
-    """transformers' model with the same weights as Corral's engine."""
-    from transformers import AutoModelForCausalLM, LlamaForCausalLM
+def build_transformers_model(args, dtype: torch.dtype):
+    """transformers' model: the checkpoint, or random weights of the named shape."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     from corral.engine.model_files import resolve_model_dir
+    from corral.engine.model_loader import load_config
 
+    model_dir = resolve_model_dir(args.model, need_config=args.shape is None)
     if args.shape is None and args.load_format == "auto":
-        model = AutoModelForCausalLM.from_pretrained(resolve_model_dir(args.model), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
         return model.to(args.device).eval()
-    config = llm.engine.runner.hf_config
+    vocab = len(AutoTokenizer.from_pretrained(model_dir))
+    config = load_config(model_dir, args.shape, vocab)
+    torch.manual_seed(args.seed)
     with torch.device(args.device):
         model = LlamaForCausalLM(config).to(dtype).eval()
-    ours = llm.engine.runner.model
-    state = model.state_dict()
-    with torch.no_grad():
-        for name, tensor in state.items():
-            tensor.copy_(_our_tensor(ours, name, tensor.shape))
     return model
-
-
-def _our_tensor(ours, name: str, shape) -> torch.Tensor:
-    """The slice of Corral's (fused) parameter that holds HF tensor `name`."""
-    from corral.engine.model_loader import _target_of
-
-    if name == "lm_head.weight" and ours.tie_word_embeddings:
-        name = "model.embed_tokens.weight"
-    target, offset = _target_of(ours, name)
-    param = dict(ours.named_parameters())[target]
-    return param[offset : offset + shape[0]]
 
 
 def main() -> None:
@@ -133,24 +121,41 @@ def main() -> None:
     args = ap.parse_args()
 
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
-    llm = LLM(args.model, device=args.device, shape=args.shape, load_format=args.load_format,
-              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-              max_model_len=args.prompt_len[1] + args.output_len[1] + 16,
-              enable_prefix_caching=False)
-    workload = make_workload(args, llm.engine.vocab_size)
+    from transformers import AutoTokenizer
+
+    from corral.engine.model_files import resolve_model_dir
+
+    model_dir = resolve_model_dir(args.model, need_config=args.shape is None)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    workload = make_workload(args, len(tokenizer))
     rows = []
-    hf = None
+    dummy_state = None
     if not args.skip_transformers:
-        hf = hf_model_for(llm, args, dtype)
+        # transformers runs first and alone on the device; with dummy weights, Corral then
+        # loads exactly the weights transformers used.
+        hf = build_transformers_model(args, dtype)
         hf_work = workload[: args.hf_requests] if args.hf_requests else workload
-        pad = llm.tokenizer.pad_token_id or llm.engine.eos_token_ids[0]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         t, n = run_transformers(hf, hf_work, args.hf_batch_size, pad, args.device)
         rows.append((f"transformers, static batches of {args.hf_batch_size}", len(hf_work), n, t))
         single = workload[: args.single_requests]
         t, n = run_transformers(hf, single, 1, pad, args.device)
         rows.append(("transformers, one request at a time", len(single), n, t))
+        if args.load_format == "dummy":
+            dummy_state = {k: v.to("cpu") for k, v in hf.state_dict().items()}
         del hf
         gc.collect()
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    llm = LLM(args.model, device=args.device, shape=args.shape, load_format=args.load_format,
+              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+              max_model_len=args.prompt_len[1] + args.output_len[1] + 16,
+              enable_prefix_caching=False)
+    if dummy_state is not None:
+        from corral.engine.model_loader import load_named_tensors
+
+        load_named_tensors(llm.engine.runner.model, dummy_state.items())
+        del dummy_state
     t, n = run_corral(llm, workload, args.device)
     rows.append(("corral", len(workload), n, t))
 

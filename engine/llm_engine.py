@@ -36,7 +36,7 @@ class LLMEngine:
 
     def __init__(self, config: EngineConfig):
         self.config = config
-        model_dir = resolve_model_dir(config.model)
+        model_dir = resolve_model_dir(config.model, need_config=config.shape is None)
         self.model_name = DEFAULT_MODEL_NAME if config.model is None else str(config.model)
         self.tokenizer = load_tokenizer(config.tokenizer or model_dir)
         self.runner = ModelRunner(config, model_dir, len(self.tokenizer), config.max_model_len)

@@ -97,10 +97,11 @@ def convert_gguf(gguf_path: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def resolve_model_dir(model: str | os.PathLike | None) -> Path:
+def resolve_model_dir(model: str | os.PathLike | None, need_config: bool = True) -> Path:
     """A local folder holding config.json, safetensors weights and tokenizer files.
 
     None means the embedded default. A hub id is downloaded where the network allows.
+    With `need_config=False` (a named shape with dummy weights) tokenizer files suffice.
     """
     if model is None or str(model) in (
         "",
@@ -110,7 +111,7 @@ def resolve_model_dir(model: str | os.PathLike | None) -> Path:
         return default_model_dir()
     path = Path(model).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
+        if need_config and not (path / "config.json").exists():
             raise ValueError(f"model: folder {path} has no config.json")
         return path
     if path.suffix == ".gguf" and path.is_file():

@@ -17,6 +17,7 @@ import torch
 
 from .attention import AttentionMetadata, TorchAttentionBackend
 from .config import EngineConfig
+from .cuda_graphs import DecodeGraphs
 from .model_loader import build_model, init_dummy_weights, load_config, load_weights
 from .scheduler import SchedulerOutput
 
@@ -46,6 +47,8 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def make_attention_backend(name: str, device: torch.device):
+    if name == "triton" and device.type != "cuda":
+        raise ValueError("attention_backend: triton needs a CUDA device")
     if name == "triton" or (name == "auto" and device.type == "cuda"):
         try:
             from corral.kernels.triton_attention import TritonAttentionBackend
@@ -80,6 +83,8 @@ class ModelRunner:
         self.block_size = config.block_size
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.num_blocks = 0
+        self.graphs: DecodeGraphs | None = None
+        self._staging = torch.empty(0, dtype=torch.int64)
 
     # ---- KV cache -------------------------------------------------------------------------
 
@@ -107,7 +112,19 @@ class ModelRunner:
             for _ in self.model.layers
         ]
         self.num_blocks = num_blocks
+        if self._use_cuda_graphs:
+            max_blocks = (self.max_model_len + self.block_size - 1) // self.block_size
+            self.graphs = DecodeGraphs(self.model, self.kv_caches, self.config.max_num_seqs,
+                                       max_blocks, self.max_model_len, self.device)
+            self.graphs.capture()
         return num_blocks
+
+    @property
+    def _use_cuda_graphs(self) -> bool:
+        from corral.kernels.triton_attention import TritonAttentionBackend
+
+        return (self.device.type == "cuda" and not self.config.enforce_eager
+                and isinstance(self.backend, TritonAttentionBackend))
 
     def _profile_gpu_blocks(self) -> int:
         """Blocks that fit in `gpu_memory_utilization` after a worst-case forward."""
@@ -188,7 +205,7 @@ class ModelRunner:
         ])
         dev = torch.from_numpy(host)
         if self.device.type == "cuda":
-            dev = dev.pin_memory().to(self.device, non_blocking=True)
+            dev = self._to_device(dev)
         sizes = [num_tokens, num_tokens, num_tokens, num_seqs + 1, num_seqs,
                  len(logits_indices), num_seqs * max_blocks]
         ids_t, pos_t, slots_t, starts_t, lens_t, logits_t, tables_t = dev.split(sizes)
@@ -206,9 +223,23 @@ class ModelRunner:
         )
         return StepInputs(ids_t, pos_t, logits_t, meta)
 
+    def _to_device(self, host: torch.Tensor) -> torch.Tensor:
+        """One host-to-device copy through a reused pinned buffer."""
+        if self._staging.numel() < host.numel():
+            self._staging = torch.empty(max(host.numel(), 2 * self._staging.numel()),
+                                        dtype=torch.int64, pin_memory=True)
+        staging = self._staging[: host.numel()]
+        staging.copy_(host)
+        return staging.to(self.device, non_blocking=True)
+
     @torch.inference_mode()
     def execute(self, batch: SchedulerOutput) -> torch.Tensor:
         """Run one step; returns float32 logits [num_sampling_seqs, vocab]."""
         inputs = self.prepare(batch)
-        hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta)
+        meta = inputs.meta
+        if (self.graphs is not None and meta.num_decodes == meta.num_seqs
+                and self.graphs.can_run(meta.num_seqs, meta.block_tables.shape[1])):
+            hidden = self.graphs.run(inputs.input_ids, inputs.positions, meta)
+        else:
+            hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, meta)
         return self.model.compute_logits(hidden[inputs.logits_indices])

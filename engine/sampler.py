@@ -13,6 +13,7 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
 import torch
+
 from corral.kernels.token_bitmask import apply_token_bitmask_
 
 from .logits_process import allocate_bitmask
@@ -41,20 +42,24 @@ class Sampler:
         self.vocab_size = vocab_size
         self.eos_token_ids = list(eos_token_ids)
         self.device = device
-        self.bitmask = allocate_bitmask(max_rows, vocab_size)
+        self.bitmask = allocate_bitmask(max_rows, vocab_size)  # [max_rows, ceil(vocab/32)]
+        if device.type == "cuda":
+            self.bitmask = self.bitmask.pin_memory()
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.stats = SamplerStats()
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         """logits: float32 [len(seqs), vocab] (modified in place)."""
+        # Grammar masks first: pure CPU work that overlaps the GPU's forward pass.
+        masked_rows = self._fill_masks(seqs)
         raw_logprobs = None
         if any(seq.params.logprobs is not None for seq in seqs):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         self._apply_logit_bias(logits, seqs)
         self._apply_min_tokens(logits, seqs)
         self._apply_penalties(logits, seqs)
-        self._apply_processors(logits, seqs)
+        self._apply_processors(logits, seqs, masked_rows)
         token_ids = self._sample(logits, seqs)
         token_list = token_ids.tolist()
         logprobs = self._gather_logprobs(raw_logprobs, token_ids, seqs)
@@ -103,15 +108,21 @@ class Sampler:
             row_logits = row_logits - p.presence_penalty * (counts > 0).float()
             logits[row] = row_logits
 
-    def _apply_processors(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    def _fill_masks(self, seqs: list[Sequence]) -> list[int]:
+        """Fill the bitmask rows of grammar-constrained sequences; returns their rows."""
         masked = [(r, s.matcher) for r, s in enumerate(seqs) if s.matcher is not None]
         if masked:
             start = time.perf_counter()
-            bitmask = self.bitmask[: len(masked)]
-            _fill_bitmasks([m for _, m in masked], bitmask)
+            _fill_bitmasks([m for _, m in masked], self.bitmask[: len(masked)])
             elapsed = time.perf_counter() - start
             self.stats.mask_fill_seconds.append(elapsed / len(masked))
-            rows = torch.tensor([r for r, _ in masked], dtype=torch.long)
+        return [r for r, _ in masked]
+
+    def _apply_processors(self, logits: torch.Tensor, seqs: list[Sequence],
+                          masked_rows: list[int]) -> None:
+        if masked_rows:
+            bitmask = self.bitmask[: len(masked_rows)]
+            rows = torch.tensor(masked_rows, dtype=torch.long)
             apply_token_bitmask_(logits, bitmask.to(logits.device, non_blocking=True),
                                  rows.to(logits.device))
         for row, seq in enumerate(seqs):

@@ -38,10 +38,9 @@ def inverse_frequencies(config, head_dim: int) -> tuple[torch.Tensor, float]:
 
 
 class RotaryEmbedding(nn.Module):
-    """Applies rotary embeddings to q and k by position, from a precomputed cos/sin table.
-
-    The tables are computed by `reset(device)`, called once the model is on its device.
-    """
+    """The cos/sin tables of rotary embeddings by position (applied by
+    `corral.kernels.rotary_embedding`). `reset(device)` computes them once the model is on
+    its device."""
 
     def __init__(self, config, head_dim: int, max_position: int):
         super().__init__()
@@ -58,16 +57,3 @@ class RotaryEmbedding(nn.Module):
         freqs = torch.outer(positions, inv_freq)
         self.cos = (freqs.cos() * scaling).to(device)
         self.sin = (freqs.sin() * scaling).to(device)
-
-    def forward(self, positions: torch.Tensor, q: torch.Tensor,
-                k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """positions: [T]; q: [T, Hq, D]; k: [T, Hkv, D]."""
-        cos = self.cos[positions].unsqueeze(1)  # [T, 1, D/2]
-        sin = self.sin[positions].unsqueeze(1)
-        return _rotate(q, cos, sin), _rotate(k, cos, sin)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.float().chunk(2, dim=-1)
-    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    return out.to(x.dtype)

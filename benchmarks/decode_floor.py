@@ -1,0 +1,95 @@
+"""Decode step time against the memory floor, on the GPU.
+
+For each batch size, the engine holds that many sequences with a context of `--context`
+tokens and runs plain decode steps (one token per sequence, CUDA graphs, sampling included).
+The floor is the bytes one step must read, weights plus the K/V of every context token,
+over the copy bandwidth measured on the same card in the same run.
+
+    python benchmarks/decode_floor.py --shape llama3-8b --load-format dummy \\
+        --model TOKENIZER_DIR --batch-sizes 1 32 128 256 --context 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from corral.engine import LLM, SamplingParams  # noqa: E402
+
+
+def copy_bandwidth(num_bytes: int = 2 * 1024**3) -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read and written."""
+    src = torch.empty(num_bytes // 2, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    reps = 10
+    for _ in range(reps):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    return num_bytes * reps / (time.perf_counter() - start)
+
+
+def time_decode_steps(llm: LLM, batch: int, context: int, steps: int) -> float:
+    engine = llm.engine
+    rng = random.Random(batch)
+    params = SamplingParams(temperature=0, max_tokens=steps + 8, ignore_eos=True)
+    for i in range(batch):
+        prompt = [rng.randrange(100, engine.vocab_size - 100) for _ in range(context - 1)]
+        engine.add_request(f"b{batch}-{i}", prompt, params)
+    # Prefill everything, then one more step so that every sequence is decoding.
+    while any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.waiting) \
+            or any(s.num_computed_tokens < s.num_prompt_tokens for s in engine.scheduler.running):
+        engine.step()
+    for _ in range(3):
+        engine.step()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    torch.cuda.synchronize()
+    elapsed = (time.perf_counter() - start) / steps
+    for request_id in list(engine.requests):
+        engine.abort(request_id)
+    return elapsed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--shape", default="llama3-8b")
+    ap.add_argument("--load-format", default="dummy")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 128, 256])
+    ap.add_argument("--context", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=30)
+    args = ap.parse_args()
+
+    max_batch = max(args.batch_sizes)
+    llm = LLM(args.model, shape=args.shape, load_format=args.load_format,
+              max_num_seqs=max_batch, max_model_len=args.context + args.steps + 64,
+              max_num_batched_tokens=8192, enable_prefix_caching=False)
+    runner = llm.engine.runner
+    weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    kv_bytes_per_token = runner.kv_bytes_per_block // runner.block_size
+    bandwidth = copy_bandwidth()
+    print(f"\n{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e9:.0f} GB/s; "
+          f"weights {weight_bytes / 1e9:.2f} GB; KV {kv_bytes_per_token / 1024:.0f} KiB/token; "
+          f"context {args.context}")
+    print(f"{'batch':>6} {'step ms':>9} {'floor ms':>9} {'ratio':>7} {'tok/s':>9}")
+    for batch in args.batch_sizes:
+        step = time_decode_steps(llm, batch, args.context, args.steps)
+        floor = (weight_bytes + batch * args.context * kv_bytes_per_token) / bandwidth
+        print(f"{batch:>6} {step * 1e3:>9.2f} {floor * 1e3:>9.2f} {step / floor:>7.2f} "
+              f"{batch / step:>9.0f}")
+
+
+if __name__ == "__main__":
+    main()
