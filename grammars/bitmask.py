@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import llguidance
 import torch
+
 from corral.grammars.llguidance_backend import LLGuidanceMatcher
 from corral.grammars.matcher import Matcher
 

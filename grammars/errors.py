@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import lark
-from corral.grammars.spec import GrammarSpec
+
+if TYPE_CHECKING:
+    from corral.grammars.spec import GrammarSpec
 
 # JSON Schema keywords, longest first so that e.g. "minContains" wins over "contains".
 SCHEMA_KEYWORDS = sorted([

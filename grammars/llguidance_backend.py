@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import llguidance
 import llguidance.hf
 import torch
+
 from corral.grammars.errors import grammar_error, json_schema_error
 from corral.grammars.matcher import Matcher
 from corral.grammars.schema_rewrite import prepared_schema
@@ -101,20 +102,31 @@ class LLGuidanceMatcher(Matcher):
         self.inner = inner
         self._eos_token_ids = list(eos_token_ids)
         self._num_accepted = 0
+        # EOS accepted once the matcher had stopped: llguidance keeps no history entry for it.
+        self._num_unrecorded_eos = 0
 
     def accept_token(self, token_id: int) -> bool:
-        ok = self.inner.consume_token(int(token_id))
+        token_id = int(token_id)
+        if self.inner.is_error():
+            return False
+        unrecorded = (token_id in self._eos_token_ids and self.inner.is_stopped()
+                      and not self.inner.is_error())
+        ok = self.inner.consume_token(token_id)
         if ok:
             self._num_accepted += 1
+            self._num_unrecorded_eos += unrecorded
         return ok
 
     def rollback(self, num_tokens: int) -> None:
         if num_tokens < 0 or num_tokens > self._num_accepted:
             raise ValueError(
                 f"num_tokens: cannot roll back {num_tokens} of {self._num_accepted} tokens")
+        self._num_accepted -= num_tokens
+        skipped = min(num_tokens, self._num_unrecorded_eos)
+        self._num_unrecorded_eos -= skipped
+        num_tokens -= skipped
         if num_tokens and not self.inner.rollback(num_tokens):
             raise ValueError(f"num_tokens: rollback of {num_tokens} failed ({self.error_message})")
-        self._num_accepted -= num_tokens
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         target = bitmask[row]

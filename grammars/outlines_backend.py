@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import llguidance
 import outlines_core
 import torch
+from outlines_core.json_schema import build_regex_from_schema
+
 from corral.engine.logits_process import bitmask_from_token_ids
 from corral.grammars.errors import grammar_error, json_schema_error
 from corral.grammars.llguidance_backend import fill_eos_only
@@ -21,7 +23,6 @@ from corral.grammars.matcher import Matcher
 from corral.grammars.outlines_schema_check import check_outlines_schema
 from corral.grammars.schema_rewrite import prepared_schema
 from corral.grammars.spec import GrammarSpec
-from outlines_core.json_schema import build_regex_from_schema
 
 # Any JSON object, nesting values at most one level deep: outlines-core's default depth
 # (2) makes a regex that takes ~15 s to index on a 49k vocabulary; depth 1 takes ~1 s.
@@ -82,6 +83,8 @@ class OutlinesBackend:
     def compile(self, spec: GrammarSpec):
         """A factory of fresh matchers for `spec`; ValueError if outlines-core refuses it."""
         regex = self.regex_for(spec)
+        if spec.kind in ("regex", "choice"):
+            _check_regex_syntax(spec, regex)
         try:
             index = outlines_core.Index(regex, self.vocabulary())
         except Exception as e:  # noqa: BLE001

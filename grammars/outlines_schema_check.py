@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import jsonschema
+
 from corral.grammars.errors import json_schema_error
 
 _DISPATCH = ("properties", "allOf", "anyOf", "oneOf", "prefixItems", "enum", "const", "$ref",

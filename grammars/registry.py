@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from corral.grammars.compiler import GrammarCompiler
 
 SYNTAXES = {"lark": "grammar", "regex": "regex", "json_schema": "json"}
+_FIELD = re.compile(r"^structured_outputs(\.\w+)?")
 _NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 
@@ -59,7 +60,10 @@ class GrammarRegistry:
             text = definition
         else:
             raise ValueError(f"definition: a {syntax} definition must be a string")
-        check_size(kind, text)
+        try:
+            check_size(kind, text)
+        except ValueError as e:
+            raise ValueError(_FIELD.sub("definition", str(e), count=1)) from None
         backend = self._compiler.default_backend
         if kind == "grammar":
             backend = "llguidance"
@@ -70,7 +74,10 @@ class GrammarRegistry:
             if existing.spec.kind == kind and existing.spec.text == text:
                 return existing
             raise ValueError(f"name: grammar {name!r} is already registered; unregister it first")
-        compiled = self._compiler.compile(spec)
+        try:
+            compiled = self._compiler.compile(spec)
+        except ValueError as e:
+            raise ValueError(_FIELD.sub("definition", str(e), count=1)) from None
         entry = RegisteredGrammar(name, syntax, definition, spec, compiled)
         with self._lock:
             self._entries.setdefault(name, entry)

@@ -55,15 +55,28 @@ FORMAT_PATTERNS = {
 _FORMAT_MAX_LENGTH = {"hostname": 253}
 
 
+_ASCII_DIGITS = {"d": "[0-9]", "D": "[^0-9]"}
+
+
 def ecma_to_rust_regex(pattern: str) -> str:
     """Translate an ECMA-262 `pattern` into Rust-regex syntax with the same language."""
+    return translate_regex(pattern, _CLASS_ESCAPES, _ECMA_DOT)
+
+
+def ascii_digits_regex(pattern: str) -> str:
+    """`pattern` with `\\d` / `\\D` meaning ASCII digits (Rust's `\\d` takes any Unicode digit)."""
+    return translate_regex(pattern, _ASCII_DIGITS, None)
+
+
+def translate_regex(pattern: str, escapes: dict[str, str], dot: str | None) -> str:
+    """Replace class escapes (`escapes`: letter -> class) and, if `dot`, a bare `.`."""
     out: list[str] = []
     i, in_class = 0, False
     while i < len(pattern):
         ch = pattern[i]
         if ch == "\\" and i + 1 < len(pattern):
             nxt = pattern[i + 1]
-            out.append(_CLASS_ESCAPES.get(nxt, ch + nxt))
+            out.append(escapes.get(nxt, ch + nxt))
             i += 2
             continue
         if ch == "[" and not in_class:
@@ -80,8 +93,8 @@ def ecma_to_rust_regex(pattern: str) -> str:
         elif ch == "]" and in_class:
             in_class = False
             out.append(ch)
-        elif ch == "." and not in_class:
-            out.append(_ECMA_DOT)
+        elif ch == "." and not in_class and dot is not None:
+            out.append(dot)
         else:
             out.append(ch)
         i += 1

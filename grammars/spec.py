@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from corral.engine.sampling_params import StructuredOutputsParams
+from corral.grammars.schema_rewrite import ascii_digits_regex
 
 BACKENDS = ("llguidance", "outlines")
 KINDS = ("json", "json_object", "regex", "choice", "grammar", "grammar_name")
@@ -67,6 +68,8 @@ def normalize_spec(spec: StructuredOutputsParams | GrammarSpec) -> GrammarSpec:
     else:
         text = spec.grammar_name
     check_size(kind, text)
+    if kind == "regex":
+        text = ascii_digits_regex(text)
     return GrammarSpec(kind, text, backend)
 
 
