@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,13 +39,12 @@ class PreparedChat:
     tools: list[dict[str, Any]] | None
 
 
-async def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat:
+def _prompt_and_tools(state: ServerState, req: ChatCompletionRequest,
+                      tools: list[dict[str, Any]] | None) -> tuple[Any, list[int]]:
+    """The tool constraint (or None) and the prompt's token ids; CPU work, run off-loop."""
     from corral.tools import render_chat_prompt, tool_call_constraint
 
-    req.check()
-    model = state.check_chat_model(req.model)
     messages = req.message_dicts()
-    tools = req.tool_dicts() if req.uses_tools() else None
     tool_spec = None
     try:
         if tools and req.constrain_tool_calls is not False:
@@ -54,7 +54,14 @@ async def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> Prepar
                                     add_generation_prompt=True)
     except ValueError as e:
         raise APIError.from_value_error(e) from None
-    prompt_ids = tokenize_prompt(state, prompt, chat=True, param="messages")
+    return tool_spec, tokenize_prompt(state, prompt, chat=True, param="messages")
+
+
+async def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat:
+    req.check()
+    model = state.check_chat_model(req.model)
+    tools = req.tool_dicts() if req.uses_tools() else None
+    tool_spec, prompt_ids = await asyncio.to_thread(_prompt_and_tools, state, req, tools)
     max_tokens = state.check_prompt_length(len(prompt_ids), req.requested_max_tokens())
     params = req.sampling_params(max_tokens, req.output_constraint(tool_spec))
     where = "tools" if tool_spec is not None else (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -43,8 +44,10 @@ async def completion(state: ServerState, req: CompletionRequest,
     req.check()
     model = state.check_chat_model(req.model)
     prompts = req.prompts()
-    prompt_ids = [tokenize_prompt(state, p, chat=False, param=f"prompt.{i}" if len(prompts) > 1
-                                  else "prompt") for i, p in enumerate(prompts)]
+    prompt_ids = await asyncio.to_thread(
+        lambda: [tokenize_prompt(state, p, chat=False,
+                                 param=f"prompt.{i}" if len(prompts) > 1 else "prompt")
+                 for i, p in enumerate(prompts)])
     if any(not ids for ids in prompt_ids):
         raise APIError("prompt: must hold at least one token", param="prompt")
     params = [req.sampling_params(state.check_prompt_length(len(ids), req.max_tokens, "prompt"))

@@ -181,11 +181,9 @@ async def ask(client: Any, model: str, entry: dict[str, Any], constrained: bool,
     parsed: list[tuple[str, dict[str, Any]]] = []
     valid = True
     calls = list(choice.message.tool_calls or [])
-    for i, tc in enumerate(calls):
-        if choice.finish_reason == "length" and i == len(calls) - 1:
-            parsed.append((tc.function.name, {}))  # cut by max_tokens: may be partial
-            valid = False if len(calls) == 1 else valid
-            continue
+    if choice.finish_reason == "length" and calls:
+        calls = calls[:-1]  # the last call was cut by max_tokens: it may be partial
+    for tc in calls:
         try:
             args = json.loads(tc.function.arguments)
             jsonschema.validate(args, schemas[tc.function.name])
@@ -229,7 +227,7 @@ async def run(args: argparse.Namespace) -> int:
             correct = 0
             for e, r in zip(entries, results, strict=True):
                 if category == "irrelevance":
-                    correct += not r["calls"]
+                    correct += not r["calls"] and r["finish"] != "length"
                 else:
                     correct += r["valid"] and calls_ok(r["calls"], truth[e["id"]], r["schemas"])
             cut = sum(r["finish"] == "length" for r in results)
