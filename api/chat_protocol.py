@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from corral.engine.sampling_params import SamplingParams, StructuredOutputsParams
 from pydantic import Field
+
+from corral.engine.sampling_params import SamplingParams, StructuredOutputsParams
 
 from .errors import APIError
 from .protocol import OpenAIModel, StreamOptions, StructuredOutputs

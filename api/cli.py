@@ -119,6 +119,7 @@ def engine_config_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def serve(args: argparse.Namespace) -> None:
     """Build the engine, the embedder and the app, then run uvicorn until stopped."""
     import uvicorn
+
     from corral.engine import AsyncLLMEngine, EngineConfig
 
     from .app import create_app

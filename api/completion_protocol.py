@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from corral.engine.sampling_params import SamplingParams
 from pydantic import BaseModel, Field
+
+from corral.engine.sampling_params import SamplingParams
 
 from .errors import APIError
 from .protocol import OpenAIModel, StreamOptions, StructuredOutputs, UsageInfo

@@ -24,11 +24,12 @@ class Embedder:
 
     def __init__(self, model: str | Path | None = None, *, batch_size: int = 32,
                  device: str = "cpu") -> None:
+        from transformers import AutoModel, AutoTokenizer
+
         from corral.engine.model_files import (
             DEFAULT_EMBEDDING_MODEL_NAME,
             embedded_embedding_model_dir,
         )
-        from transformers import AutoModel, AutoTokenizer
 
         if model is None or str(model) in ("", DEFAULT_EMBEDDING_MODEL_NAME,
                                            f"sentence-transformers/{DEFAULT_EMBEDDING_MODEL_NAME}"):

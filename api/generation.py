@@ -12,9 +12,10 @@ import re
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
+from fastapi import Request
+
 from corral.engine.outputs import RequestOutput
 from corral.engine.sampling_params import SamplingParams
-from fastapi import Request
 
 from .errors import APIError
 from .state import ServerState

@@ -9,8 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from corral.engine.sampling_params import StructuredOutputsParams
 from pydantic import BaseModel, ConfigDict, Field
+
+from corral.engine.sampling_params import StructuredOutputsParams
 
 from .errors import APIError
 

@@ -8,9 +8,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from corral.engine.outputs import CompletionOutput, RequestOutput
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
+
+from corral.engine.outputs import CompletionOutput, RequestOutput
 
 from .chat_protocol import ChatCompletionRequest, FunctionCall, ToolCall
 from .chat_response import ChatChoice, ChatCompletionResponse, ChoiceLogprobs, ResponseMessage

@@ -7,9 +7,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from corral.engine.outputs import CompletionOutput, RequestOutput
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
+
+from corral.engine.outputs import CompletionOutput, RequestOutput
 
 from .completion_protocol import CompletionChoice, CompletionRequest, CompletionResponse
 from .errors import APIError

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .embeddings import Embedder
@@ -52,7 +54,11 @@ class ServerState:
 
     @property
     def model_name(self) -> str:
-        return self.settings.served_model_name or self.engine.model_name
+        """`--served-model-name`, else the engine's model name (a folder's own name)."""
+        if self.settings.served_model_name:
+            return self.settings.served_model_name
+        name = str(self.engine.model_name)
+        return Path(name).name if os.sep in name else name
 
     @property
     def tokenizer(self) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pytest
+
 from corral.api.cli import build_parser, engine_config_kwargs, env_name, parse_size
 from corral.engine import EngineConfig
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
 from corral.api.chat_protocol import ChatCompletionRequest
 from corral.api.errors import APIError, install_error_handlers
 from corral.api.middleware import APIKeyMiddleware, BodyLimitMiddleware
-from fastapi import FastAPI
-from fastapi.testclient import TestClient
 
 
 @pytest.fixture(scope="module")

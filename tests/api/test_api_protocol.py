@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from corral.api.chat_protocol import ChatCompletionRequest
 from corral.api.completion_protocol import CompletionRequest
 from corral.api.errors import APIError
