@@ -18,12 +18,18 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer: Any, prompt_token_ids: list[int], skip_special_tokens: bool):
         self.tokenizer = tokenizer
+        # The fast tokenizer's backend decodes without transformers' per-call conversions.
+        self._backend = getattr(tokenizer, "_tokenizer", None)
+        if getattr(tokenizer, "clean_up_tokenization_spaces", False):
+            self._backend = None
         self.skip_special_tokens = skip_special_tokens
         self.text = ""
         self._read_offset = len(prompt_token_ids)
         self._prefix_offset = max(0, self._read_offset - _CONTEXT_TOKENS)
 
     def _decode(self, token_ids: list[int]) -> str:
+        if self._backend is not None:
+            return self._backend.decode(token_ids, skip_special_tokens=self.skip_special_tokens)
         return self.tokenizer.decode(token_ids, skip_special_tokens=self.skip_special_tokens)
 
     def update(self, all_token_ids: list[int]) -> str:

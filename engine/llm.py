@@ -86,7 +86,7 @@ class LLM:
         pending = set(request_ids)
         finals: dict[str, RequestOutput] = {}
         while pending:
-            outputs = self.engine.step()
+            outputs = self.engine.step(emit_unfinished=False)
             if not outputs:
                 time.sleep(0.001)
             for output in outputs:

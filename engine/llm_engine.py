@@ -134,8 +134,9 @@ class LLMEngine:
 
     # ---- the step ---------------------------------------------------------------------
 
-    def step(self) -> list[RequestOutput]:
-        """Run one iteration; returns outputs of the requests that changed."""
+    def step(self, emit_unfinished: bool = True) -> list[RequestOutput]:
+        """Run one iteration; returns outputs of the requests that changed (only of those
+        that finished when `emit_unfinished` is False, as offline generation needs)."""
         touched: dict[str, Request] = {}
         self._poll_grammars(touched)
         batch = self.scheduler.schedule()
@@ -161,7 +162,8 @@ class LLMEngine:
                 self._append_sampled(seq, token, logprob, now)
         outputs = []
         for request_id, request in touched.items():
-            outputs.append(request.make_output())
+            if emit_unfinished or request.is_finished:
+                outputs.append(request.make_output())
             if request.is_finished:
                 request.metrics.finished_time = time.monotonic()
                 self.requests.pop(request_id, None)
