@@ -227,7 +227,7 @@ async def run(args: argparse.Namespace) -> int:
             correct = 0
             for e, r in zip(entries, results, strict=True):
                 if category == "irrelevance":
-                    correct += not r["calls"] and r["finish"] != "length"
+                    correct += not r["calls"]
                 else:
                     correct += r["valid"] and calls_ok(r["calls"], truth[e["id"]], r["schemas"])
             cut = sum(r["finish"] == "length" for r in results)
