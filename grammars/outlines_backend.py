@@ -16,7 +16,6 @@ import outlines_core
 import torch
 from outlines_core.json_schema import build_regex_from_schema
 
-from corral.engine.logits_process import bitmask_from_token_ids
 from corral.grammars.errors import grammar_error, json_schema_error
 from corral.grammars.llguidance_backend import fill_eos_only
 from corral.grammars.matcher import Matcher
@@ -26,6 +25,7 @@ from corral.grammars.spec import GrammarSpec
 
 # Any JSON object, nesting values at most one level deep: outlines-core's default depth
 # (2) makes a regex that takes ~15 s to index on a 49k vocabulary; depth 1 takes ~1 s.
+_GUIDE_ROLLBACK = 1024  # Guide history kept for cheap rollback; deeper ones replay tokens
 _JSON_OBJECT = '{"type":"object","depth":1}'
 
 
@@ -104,7 +104,11 @@ def _check_regex_syntax(spec: GrammarSpec, regex: str) -> None:
 
 
 class _MaskTable:
-    """Per-state packed masks of one index, filled lazily; shared by its matchers."""
+    """One index's allowed-token lists per state, computed lazily; shared by its matchers.
+
+    Only `forced_tokens` and end checks at final states need the lists: masks are written
+    by each matcher's native `Guide`.
+    """
 
     def __init__(self, index: outlines_core.Index, vocab_size: int,
                  eos_token_ids: Sequence[int]) -> None:
@@ -112,7 +116,6 @@ class _MaskTable:
         self.vocab_size = vocab_size
         self.eos_token_ids = list(eos_token_ids)
         self.initial_state = index.get_initial_state()
-        self._masks: dict[int, torch.Tensor] = {}  # state -> int32 [words]
         self._allowed: dict[int, list[int]] = {}
         self._lock = threading.Lock()
 
@@ -128,14 +131,6 @@ class _MaskTable:
                 self._allowed[state] = found
         return found
 
-    def mask(self, state: int) -> torch.Tensor:
-        found = self._masks.get(state)
-        if found is None:
-            found = bitmask_from_token_ids(self.allowed(state), self.vocab_size)
-            with self._lock:
-                self._masks[state] = found
-        return found
-
 
 class OutlinesMatcher(Matcher):
     """A `Matcher` walking an outlines-core index; its state history allows rollback."""
@@ -143,8 +138,10 @@ class OutlinesMatcher(Matcher):
     def __init__(self, table: _MaskTable) -> None:
         self._table = table
         self._states = [table.initial_state]  # state after each accepted token
+        self._token_ids: list[int] = []  # accepted tokens, EOS excluded
         self._ended = False  # EOS accepted (it is the last entry of _states then)
         self._error: str | None = None
+        self._guide = outlines_core.Guide(table.index, max_rollback=_GUIDE_ROLLBACK)
 
     def accept_token(self, token_id: int) -> bool:
         if self._error is not None:
@@ -166,7 +163,9 @@ class OutlinesMatcher(Matcher):
         if nxt is None:
             self._error = f"token {token_id} is not allowed by the grammar"
             return False
+        self._guide.advance(token_id, return_tokens=False)
         self._states.append(nxt)
+        self._token_ids.append(token_id)
         return True
 
     def rollback(self, num_tokens: int) -> None:
@@ -174,23 +173,41 @@ class OutlinesMatcher(Matcher):
             raise ValueError(
                 f"num_tokens: cannot roll back {num_tokens} of {len(self._states) - 1} tokens")
         if num_tokens:
+            num_guide = num_tokens - int(self._ended)
             del self._states[-num_tokens:]
             self._ended = False
+            if num_guide:
+                del self._token_ids[-num_guide:]
+                if num_guide <= self._guide.get_allowed_rollback():
+                    self._guide.rollback_state(num_guide)
+                else:
+                    self._guide = outlines_core.Guide(self._table.index,
+                                                      max_rollback=_GUIDE_ROLLBACK)
+                    for token_id in self._token_ids:
+                        self._guide.advance(token_id, return_tokens=False)
         self._error = None
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         if self._error is not None or self._ended:
             fill_eos_only(bitmask[row], self._table.eos_token_ids)
             return
-        bitmask[row].copy_(self._table.mask(self._states[-1])[: bitmask.shape[1]])
+        target = bitmask[row]
+        self._guide.write_mask_into(target.data_ptr(), target.numel(), 4)
+        if self._table.index.is_final_state(self._states[-1]):
+            for token_id in self._table.eos_token_ids[1:]:  # the index knows one EOS id
+                word, bit = divmod(token_id, 32)
+                value = int(target[word]) | (1 << bit)
+                target[word] = value - (1 << 32) if value >= 1 << 31 else value
 
     def is_terminated(self) -> bool:
         if self._error is not None:
             return False
         if self._ended:
             return True
-        allowed = self._table.allowed(self._states[-1])
-        return all(t in self._table.eos_token_ids for t in allowed)
+        state = self._states[-1]
+        if not self._table.index.is_final_state(state):
+            return False
+        return all(t in self._table.eos_token_ids for t in self._table.allowed(state))
 
     def is_error(self) -> bool:
         return self._error is not None
