@@ -39,6 +39,55 @@ def make_workload(args, vocab_size: int) -> list[tuple[list[int], int]]:
     return requests
 
 
+# Several JSON schemas for the structured run (each request takes one, round robin).
+SCHEMAS: list[dict] = [
+    {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 40}, "age": {"type": "integer"},
+        "email": {"type": "string", "format": "email"},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 16}}},
+     "required": ["name", "age", "tags"], "additionalProperties": False},
+    {"type": "object", "properties": {
+        "items": {"type": "array", "items": {"type": "object", "properties": {
+            "sku": {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{4}$"},
+            "qty": {"type": "integer", "minimum": 1}, "price": {"type": "number"}},
+            "required": ["sku", "qty", "price"]}},
+        "total": {"type": "number"}}, "required": ["items", "total"]},
+    {"type": "object", "properties": {
+        "city": {"type": "string", "enum": ["Paris", "Lima", "Oslo", "Kyoto"]},
+        "forecast": {"type": "array", "items": {"type": "object", "properties": {
+            "day": {"type": "string", "format": "date"},
+            "high": {"type": "number"}, "low": {"type": "number"},
+            "summary": {"type": "string", "maxLength": 60}},
+            "required": ["day", "high", "low", "summary"]}}},
+     "required": ["city", "forecast"]},
+    {"type": "object", "properties": {
+        "function": {"type": "string"}, "arguments": {"type": "object", "properties": {
+            "query": {"type": "string"}, "limit": {"type": "integer", "maximum": 100},
+            "filters": {"type": "array", "items": {"type": "string"}}},
+            "required": ["query"]}}, "required": ["function", "arguments"]},
+]
+
+
+def run_corral_structured(llm: LLM, workload, device: str) -> tuple[float, list[int]]:
+    """The same requests, each constrained by one of `SCHEMAS`; they end where the JSON
+    ends (or at their output length). Returns the time and each request's output length."""
+    from corral.engine import StructuredOutputsParams
+
+    prompts = [p for p, _ in workload]
+    params = [
+        SamplingParams(temperature=0, max_tokens=n, structured_outputs=StructuredOutputsParams(
+            json=SCHEMAS[i % len(SCHEMAS)]))
+        for i, (_, n) in enumerate(workload)
+    ]
+    llm.engine.sampler.stats.mask_fill_seconds.clear()
+    sync(device)
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params)
+    sync(device)
+    elapsed = time.perf_counter() - start
+    return elapsed, [len(o.outputs[0].token_ids) for o in outputs]
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -118,6 +167,8 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--structured", action="store_true",
+                    help="also run every request constrained by a JSON schema")
     args = ap.parse_args()
 
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
@@ -158,6 +209,15 @@ def main() -> None:
         del dummy_state
     t, n = run_corral(llm, workload, args.device)
     rows.append(("corral", len(workload), n, t))
+    structured = None
+    if args.structured:
+        ts, lengths = run_corral_structured(llm, workload, args.device)
+        masks = sorted(llm.engine.sampler.stats.mask_fill_seconds)
+        # Constrained outputs stop where their JSON ends; the fair baseline is the same
+        # requests unconstrained with exactly those output lengths.
+        matched = [(p, n) for (p, _), n in zip(workload, lengths, strict=True)]
+        tm, nm = run_corral(llm, matched, args.device)
+        structured = (sum(lengths), ts, masks, nm, tm)
 
     device_name = (torch.cuda.get_device_name() if args.device.startswith("cuda")
                    else f"CPU ({torch.get_num_threads()} threads)")
@@ -171,6 +231,17 @@ def main() -> None:
     corral_rate = rows[-1][2] / rows[-1][3]
     for name, _, n, t in rows[:-1]:
         print(f"corral / {name}: {corral_rate / (n / t):.2f}x")
+    if structured is not None:
+        ns, ts, masks, nm, tm = structured
+        print(f"{'corral, JSON-schema constrained':<40} {len(workload):>8} {ns:>10} "
+              f"{ts:>9.2f} {ns / ts:>9.1f}")
+        print(f"{'corral, same output lengths, free':<40} {len(workload):>8} {nm:>10} "
+              f"{tm:>9.2f} {nm / tm:>9.1f}")
+        print(f"structured / unconstrained tokens/s (same lengths): {(ns / ts) / (nm / tm):.2f}x")
+        if masks:
+            p50, p99 = masks[len(masks) // 2], masks[int(len(masks) * 0.99)]
+            print(f"mask fill per sequence per step: median {p50 * 1e6:.1f} us, "
+                  f"p99 {p99 * 1e6:.1f} us")
 
 
 if __name__ == "__main__":
