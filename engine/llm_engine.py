@@ -55,6 +55,10 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self._arrivals = itertools.count()
         self._grammar: Any = None
+        # On a GPU, grammars accept each sampled token during the next step's forward pass
+        # (a sequence whose grammar then completes wastes that one step's row).
+        self.defer_grammar_accept = self.runner.device.type == "cuda"
+        self._pending_grammar: list[tuple[Sequence, int]] = []
         self.stats = EngineStats()
         logger.info("model %s on %s (%s): %d KV blocks of %d tokens, max_model_len %d",
                     self.model_name, self.runner.device, self.runner.dtype, num_blocks,
@@ -149,17 +153,26 @@ class LLMEngine:
                     metrics.first_scheduled_time = now
             logits = self.runner.execute(batch)
             sampling = [item.seq for item in batch.scheduled if item.samples]
+            lengths = [seq.num_tokens for seq in sampling]
+            # While the device computes, advance the grammars past last step's tokens.
+            self._settle_grammars(touched)
             sampled = self.sampler(logits, sampling)
             for item in batch.scheduled:
+                touched[item.seq.request.request_id] = item.seq.request
+                if item.seq.is_finished:
+                    continue
                 item.seq.num_computed_tokens += item.num_new_tokens
                 self.scheduler.register_computed_blocks(item.seq)
                 if item.seq.num_computed_tokens <= item.seq.num_prompt_tokens:
                     self.stats.prompt_tokens_total += item.num_new_tokens
-                touched[item.seq.request.request_id] = item.seq.request
             now = time.monotonic()
-            for seq, token, logprob in zip(sampling, sampled.token_ids, sampled.logprobs,
-                                           strict=True):
-                self._append_sampled(seq, token, logprob, now)
+            for seq, length, token, logprob in zip(sampling, lengths, sampled.token_ids,
+                                                   sampled.logprobs, strict=True):
+                # A sequence the grammar settle finished or extended drops this sample.
+                if not seq.is_finished and seq.num_tokens == length:
+                    self._append_sampled(seq, token, logprob, now)
+        else:
+            self._settle_grammars(touched)
         outputs = []
         for request_id, request in touched.items():
             if emit_unfinished or request.is_finished:
@@ -199,7 +212,32 @@ class LLMEngine:
         seq.num_sampled_tokens += 1
         if seq.logprobs is not None and logprob is not None:
             seq.logprobs.append(logprob)
+        if seq.matcher is not None and self.defer_grammar_accept:
+            self._append_token(seq, token, accept=False)
+            if not seq.is_finished:
+                self._pending_grammar.append((seq, token))
+            return
         self._append_token(seq, token)
+        self._fast_forward_tokens(seq)
+
+    def _settle_grammars(self, touched: dict[str, Request]) -> None:
+        """Feed last step's sampled tokens to their grammars (deferred accept)."""
+        pending, self._pending_grammar = self._pending_grammar, []
+        for seq, token in pending:
+            if seq.is_finished:
+                continue
+            touched[seq.request.request_id] = seq.request
+            if not seq.matcher.accept_token(token):
+                self._fail(seq.request, f"structured_outputs: grammar rejected token {token} "
+                                        f"({getattr(seq.matcher, 'error_message', None)})")
+            elif seq.matcher.is_terminated():
+                seq.finish_reason = "stop"
+                self.scheduler.finish(seq)
+            else:
+                self._fast_forward_tokens(seq)
+
+    def _fast_forward_tokens(self, seq: Sequence) -> None:
+        """Append the tokens the grammar forces next, if fast-forward is on."""
         if seq.is_finished or seq.matcher is None or not self._fast_forward(seq):
             return
         for forced in seq.matcher.forced_tokens():
@@ -215,12 +253,14 @@ class LLMEngine:
             enabled = self.config.fast_forward
         return enabled and seq.logprobs is None
 
-    def _append_token(self, seq: Sequence, token: int) -> None:
-        """Append one token (sampled or forced) and settle the sequence's fate."""
+    def _append_token(self, seq: Sequence, token: int, accept: bool = True) -> None:
+        """Append one token (sampled or forced) and settle the sequence's fate.
+
+        With `accept=False` the grammar sees the token later (`_settle_grammars`)."""
         seq.token_ids.append(token)
         self.stats.generation_tokens_total += 1
         params = seq.params
-        if seq.matcher is not None and not seq.matcher.accept_token(token):
+        if accept and seq.matcher is not None and not seq.matcher.accept_token(token):
             self._fail(seq.request, f"structured_outputs: grammar rejected token {token} "
                                     f"({getattr(seq.matcher, 'error_message', None)})")
             return
@@ -233,7 +273,7 @@ class LLMEngine:
             reason, seq.stop_reason = "stop", token
         elif params.stop and past_min and self._check_stop_strings(seq):
             reason = "stop"
-        elif seq.matcher is not None and seq.matcher.is_terminated():
+        elif accept and seq.matcher is not None and seq.matcher.is_terminated():
             reason = "stop"
         elif params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
             reason = "length"

@@ -1,0 +1,51 @@
+"""Grammar accepts deferred into the next step (the GPU overlap) change no output."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from corral.engine import SamplingParams, StructuredOutputsParams
+
+SCHEMA = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
+                                           "age": {"type": "integer"}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def requests(tokenizer):
+    def chat(text):
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}],
+                                             tokenize=False, add_generation_prompt=True)
+    return [
+        (chat("Give me a person as JSON."),
+         StructuredOutputsParams(json=SCHEMA)),
+        (chat("Is the sky blue? Answer yes or no."),
+         StructuredOutputsParams(choice=["yes", "no"])),
+        (chat("When did the Apollo 11 landing happen? Give the date."),
+         StructuredOutputsParams(regex=r"[0-9]{4}-[0-9]{2}-[0-9]{2}")),
+        (chat("Tell me about cats."), None),
+    ]
+
+
+@pytest.mark.parametrize("fast_forward", [False, True])
+def test_deferred_accept_gives_the_same_outputs(llm, tokenizer, fast_forward):
+    reqs = requests(tokenizer)
+    params = [SamplingParams(temperature=0, max_tokens=40, structured_outputs=spec,
+                             fast_forward=fast_forward) for _, spec in reqs]
+    prompts = [p for p, _ in reqs]
+    engine = llm.engine
+    assert engine.defer_grammar_accept is False  # CPU default
+    direct = llm.generate(prompts, params)
+    engine.defer_grammar_accept = True
+    try:
+        deferred = llm.generate(prompts, params)
+    finally:
+        engine.defer_grammar_accept = False
+    for a, b in zip(direct, deferred, strict=True):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert a.outputs[0].finish_reason == b.outputs[0].finish_reason
+    person = json.loads(deferred[0].outputs[0].text)
+    assert set(person) == {"name", "age"} and deferred[0].outputs[0].finish_reason == "stop"
+    assert deferred[1].outputs[0].text in ("yes", "no")
+    assert not engine.has_unfinished_requests()
