@@ -79,6 +79,7 @@ def run_corral_structured(llm: LLM, workload, device: str) -> tuple[float, list[
             json=SCHEMAS[i % len(SCHEMAS)]))
         for i, (_, n) in enumerate(workload)
     ]
+    llm.generate(prompts[:2], params[:2])  # warm-up: grammar compiles, mask kernels
     llm.engine.sampler.stats.mask_fill_seconds.clear()
     sync(device)
     start = time.perf_counter()
