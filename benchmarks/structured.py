@@ -193,12 +193,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shape", default=None, help="named shape for dummy weights, e.g. llama3-8b")
+    ap.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
     ap.add_argument("--backends", default=",".join(BACKENDS))
     ap.add_argument("--num-requests", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--gen-max-tokens", type=int, default=192)
     ap.add_argument("--per-split", type=int, default=2,
-                    help="schemas generated per split and backend (0 = all compiled)")
+                    help="schemas generated per split and backend (0 = all compiled, "
+                         "-1 = skip the generation table)")
     ap.add_argument("--outlines-per-split", type=int, default=4,
                     help="schemas compiled per split by outlines (0 = all; slow on CPU)")
     ap.add_argument("--compile-timeout", type=float, default=10.0)
@@ -207,12 +210,14 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=256)
     args = ap.parse_args()
 
-    llm = LLM(args.model, device=args.device, max_num_seqs=args.max_num_seqs,
-              max_model_len=4096)
+    # No prefix caching: every run must compute its own prompts to compare fairly.
+    llm = LLM(args.model, device=args.device, shape=args.shape, load_format=args.load_format,
+              max_num_seqs=args.max_num_seqs, max_model_len=4096, enable_prefix_caching=False)
     bench = load_bench()
     device = (torch.cuda.get_device_name() if args.device.startswith("cuda")
               else f"CPU ({torch.get_num_threads()} threads)")
-    print(f"model {llm.engine.model_name}; {device}; vocab {llm.engine.vocab_size}")
+    model = args.shape + " (dummy weights)" if args.shape else llm.engine.model_name
+    print(f"model {model}; {device}; vocab {llm.engine.vocab_size}")
 
     compiled: dict[str, dict] = {}
     print(f"\n{'backend':<11} {'schemas':>7} {'compiled':>8} {'refused':>7} {'timeout':>7} "
@@ -249,6 +254,8 @@ def main() -> None:
     print(f"fast-forward: {fast['forced']} of {fast['tokens']} tokens forced (decode steps "
           f"saved); tokens/s {fast['tok_s'] / structured['tok_s']:.2f}x constrained without it")
 
+    if args.per_split < 0:
+        return
     rows = generation_table(llm, bench, compiled, args)
     print(f"\n{'split':<16} {'backend':<11} {'schemas':>7} {'compiled':>8} {'coverage':>8} "
           f"{'generated':>9} {'ended':>6} {'valid':>6} {'validity':>8}")
