@@ -59,6 +59,9 @@ class LLMEngine:
         # (a sequence whose grammar then completes wastes that one step's row).
         self.defer_grammar_accept = self.runner.device.type == "cuda"
         self._pending_grammar: list[tuple[Sequence, int]] = []
+        # Likewise detokenization and stop strings (text then lags the tokens by one step).
+        self.defer_detokenize = self.runner.device.type == "cuda"
+        self._pending_texts: list[Sequence] = []
         self.stats = EngineStats()
         logger.info("model %s on %s (%s): %d KV blocks of %d tokens, max_model_len %d",
                     self.model_name, self.runner.device, self.runner.dtype, num_blocks,
@@ -154,8 +157,9 @@ class LLMEngine:
             logits = self.runner.execute(batch)
             sampling = [item.seq for item in batch.scheduled if item.samples]
             lengths = [seq.num_tokens for seq in sampling]
-            # While the device computes, advance the grammars past last step's tokens.
+            # While the device computes, advance grammars and texts past last step's tokens.
             self._settle_grammars(touched)
+            self._settle_texts(touched)
             sampled = self.sampler(logits, sampling)
             for item in batch.scheduled:
                 touched[item.seq.request.request_id] = item.seq.request
@@ -173,6 +177,7 @@ class LLMEngine:
                     self._append_sampled(seq, token, logprob, now)
         else:
             self._settle_grammars(touched)
+            self._settle_texts(touched)
         outputs = []
         for request_id, request in touched.items():
             if emit_unfinished or request.is_finished:
@@ -256,7 +261,9 @@ class LLMEngine:
     def _append_token(self, seq: Sequence, token: int, accept: bool = True) -> None:
         """Append one token (sampled or forced) and settle the sequence's fate.
 
-        With `accept=False` the grammar sees the token later (`_settle_grammars`)."""
+        With `accept=False` the grammar sees the token later (`_settle_grammars`). With
+        deferred detokenization, a sequence that goes on gets its text (and stop-string
+        check) in the next step's overlap window (`_settle_texts`)."""
         seq.token_ids.append(token)
         self.stats.generation_tokens_total += 1
         params = seq.params
@@ -264,24 +271,45 @@ class LLMEngine:
             self._fail(seq.request, f"structured_outputs: grammar rejected token {token} "
                                     f"({getattr(seq.matcher, 'error_message', None)})")
             return
-        seq.detokenizer.update(seq.token_ids)
         past_min = seq.num_output_tokens > params.min_tokens
         reason: str | None = None
+        check_stops = True  # stop strings outrank everything but EOS and stop token ids
         if token in self.eos_token_ids and not params.ignore_eos and past_min:
-            reason = "stop"
+            reason, check_stops = "stop", False
         elif token in params.stop_token_ids and past_min:
-            reason, seq.stop_reason = "stop", token
-        elif params.stop and past_min and self._check_stop_strings(seq):
-            reason = "stop"
+            reason, seq.stop_reason, check_stops = "stop", token, False
         elif accept and seq.matcher is not None and seq.matcher.is_terminated():
             reason = "stop"
         elif params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
             reason = "length"
         elif seq.num_tokens >= self.max_model_len:
             reason = "length"
+        if reason is None and self.defer_detokenize:
+            self._pending_texts.append(seq)
+            return
+        if self._update_text(seq, check_stops):
+            reason = "stop"
         if reason is not None:
             seq.finish_reason = reason
             self.scheduler.finish(seq)
+
+    def _update_text(self, seq: Sequence, check_stops: bool) -> bool:
+        """Detokenize new tokens; True if a stop string ended the text."""
+        seq.detokenizer.update(seq.token_ids)
+        params = seq.params
+        return (check_stops and bool(params.stop)
+                and seq.num_output_tokens > params.min_tokens and self._check_stop_strings(seq))
+
+    def _settle_texts(self, touched: dict[str, Request]) -> None:
+        """Detokenize the tokens appended last step and apply stop strings."""
+        pending, self._pending_texts = self._pending_texts, []
+        for seq in pending:
+            if seq.finish_reason == "abort":
+                continue
+            touched[seq.request.request_id] = seq.request
+            if self._update_text(seq, check_stops=True) and not seq.is_finished:
+                seq.finish_reason = "stop"
+                self.scheduler.finish(seq)
 
     def _check_stop_strings(self, seq: Sequence) -> bool:
         text = seq.detokenizer.text

@@ -170,37 +170,37 @@ class ModelRunner:
         bs = self.block_size
         num_seqs = len(batch.scheduled)
         input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
         starts = [0]
         seq_lens: list[int] = []
         logits_indices: list[int] = []
         max_blocks = max(len(s.seq.block_table) for s in batch.scheduled)
         block_tables = np.zeros((num_seqs, max_blocks), dtype=np.int64)
-        positions_parts = []
-        slot_parts = []
         num_decodes = 0
         for i, item in enumerate(batch.scheduled):
             seq, n = item.seq, item.num_new_tokens
             start = seq.num_computed_tokens
-            input_ids.extend(seq.token_ids[start : start + n])
-            pos = np.arange(start, start + n, dtype=np.int64)
-            table = np.asarray(seq.block_table, dtype=np.int64)
+            table = seq.block_table
             block_tables[i, : len(table)] = table
-            positions_parts.append(pos)
-            slot_parts.append(table[pos // bs] * bs + pos % bs)
+            if n == 1:
+                input_ids.append(seq.token_ids[start])
+                positions.append(start)
+                slots.append(table[start // bs] * bs + start % bs)
+                if num_decodes == i:
+                    num_decodes += 1
+            else:
+                input_ids.extend(seq.token_ids[start : start + n])
+                positions.extend(range(start, start + n))
+                slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
             starts.append(starts[-1] + n)
             seq_lens.append(start + n)
-            if n == 1 and num_decodes == i:
-                num_decodes += 1
             if item.samples:
                 logits_indices.append(starts[-1] - 1)
         num_tokens = starts[-1]
         host = np.concatenate([
-            np.asarray(input_ids, dtype=np.int64),
-            np.concatenate(positions_parts),
-            np.concatenate(slot_parts),
-            np.asarray(starts, dtype=np.int64),
-            np.asarray(seq_lens, dtype=np.int64),
-            np.asarray(logits_indices, dtype=np.int64),
+            np.asarray(input_ids + positions + slots + starts + seq_lens + logits_indices,
+                       dtype=np.int64),
             block_tables.reshape(-1),
         ])
         dev = torch.from_numpy(host)

@@ -1,4 +1,5 @@
-"""Grammar accepts deferred into the next step (the GPU overlap) change no output."""
+"""Grammar accepts and detokenization deferred into the next step (the GPU overlap) change
+no output."""
 
 from __future__ import annotations
 
@@ -25,26 +26,37 @@ def requests(tokenizer):
         (chat("When did the Apollo 11 landing happen? Give the date."),
          StructuredOutputsParams(regex=r"[0-9]{4}-[0-9]{2}-[0-9]{2}")),
         (chat("Tell me about cats."), None),
+        (chat("What is the capital of France?"), "stop:Paris"),
+        (chat("Write a long poem about the sea."), "stop:zzz-never"),
     ]
 
 
 @pytest.mark.parametrize("fast_forward", [False, True])
 def test_deferred_accept_gives_the_same_outputs(llm, tokenizer, fast_forward):
     reqs = requests(tokenizer)
-    params = [SamplingParams(temperature=0, max_tokens=40, structured_outputs=spec,
-                             fast_forward=fast_forward) for _, spec in reqs]
+    params = [
+        SamplingParams(temperature=0, max_tokens=40, stop=[spec[5:]], fast_forward=fast_forward)
+        if isinstance(spec, str) else
+        SamplingParams(temperature=0, max_tokens=40, structured_outputs=spec,
+                       fast_forward=fast_forward)
+        for _, spec in reqs
+    ]
     prompts = [p for p, _ in reqs]
     engine = llm.engine
-    assert engine.defer_grammar_accept is False  # CPU default
+    assert engine.defer_grammar_accept is False and engine.defer_detokenize is False  # CPU
     direct = llm.generate(prompts, params)
-    engine.defer_grammar_accept = True
+    engine.defer_grammar_accept = engine.defer_detokenize = True
     try:
         deferred = llm.generate(prompts, params)
     finally:
-        engine.defer_grammar_accept = False
+        engine.defer_grammar_accept = engine.defer_detokenize = False
     for a, b in zip(direct, deferred, strict=True):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
+        assert a.outputs[0].text == b.outputs[0].text
         assert a.outputs[0].finish_reason == b.outputs[0].finish_reason
+        assert a.outputs[0].stop_reason == b.outputs[0].stop_reason
+    assert deferred[4].outputs[0].stop_reason == "Paris"
+    assert deferred[5].outputs[0].finish_reason == "length"
     person = json.loads(deferred[0].outputs[0].text)
     assert set(person) == {"name", "age"} and deferred[0].outputs[0].finish_reason == "stop"
     assert deferred[1].outputs[0].text in ("yes", "no")
