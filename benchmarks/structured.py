@@ -107,12 +107,15 @@ def mask_times(llm: LLM, bench, compiled: dict, batch: int) -> tuple[list[float]
                 break
     for i in range(0, len(walks) - batch + 1, batch):
         group = [(g.matcher(), ids) for g, ids in walks[i:i + batch]]
-        for step in range(min(len(ids) for _, ids in group)):
-            matchers = [m for m, _ in group]
+        for step in range(max(len(ids) for _, ids in group)):
+            active = [(m, ids) for m, ids in group if step < len(ids) and not m.is_error()]
+            if not active:
+                break
+            matchers = [m for m, _ in active]
             start = time.perf_counter()
             fill_bitmasks(matchers, bitmask)
             batched.append((time.perf_counter() - start) / len(matchers))
-            for m, ids in group:
+            for m, ids in active:
                 m.accept_token(ids[step])
     return single, batched
 
