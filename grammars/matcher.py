@@ -69,7 +69,7 @@ class CompiledGrammar:
     """A grammar compiled for one tokenizer and backend; cheap to make matchers from.
 
     `kind` and `text` are the canonical spec, `backend` the backend that compiled it,
-    `compile_time_s` the time the compile took (0 for a cache hit is not recorded here).
+    `compile_time_s` the seconds its one compile took (cache hits return this same object).
     """
 
     kind: str

@@ -215,3 +215,20 @@ def test_spec_normalisation():
         normalize_spec(S(regex="a", backend="xgrammar"))
     with pytest.raises(ValueError, match="structured_outputs.json"):
         normalize_spec(S(json=object()))
+
+
+def _outlines_like(class_name: str, **attributes):
+    """An object shaped like an `outlines.types` term (outlines itself is not a dependency)."""
+    cls = type(class_name, (), {"__module__": "outlines.types.dsl"})
+    obj = cls()
+    obj.__dict__.update(attributes)
+    return obj
+
+
+def test_outlines_type_objects_are_read_duck_typed():
+    schema = _outlines_like("JsonSchema", schema='{"type": "integer"}')
+    assert normalize_spec(S(json=schema)) == normalize_spec(S(json={"type": "integer"}))
+    regex = normalize_spec(S(json=_outlines_like("Regex", pattern=r"\d+")))
+    assert (regex.kind, regex.text) == ("regex", "[0-9]+")
+    cfg = normalize_spec(S(json=_outlines_like("CFG", definition=ARITHMETIC)))
+    assert (cfg.kind, cfg.text) == ("grammar", ARITHMETIC)
