@@ -115,7 +115,12 @@ class GrammarCompiler:
 
         def done(inner: Future) -> None:
             timer.cancel()
-            _settle(outer, inner.exception() or inner.result())
+            if inner.cancelled():
+                with self._lock:
+                    self._inflight.pop(key, None)
+                _settle(outer, ValueError("structured_outputs: the grammar compiler shut down"))
+            else:
+                _settle(outer, inner.exception() or inner.result())
 
         pool = self._pools[resolved.backend]
         pool.submit(self._compile_now, resolved, key).add_done_callback(done)
