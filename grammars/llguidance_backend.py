@@ -35,6 +35,8 @@ class LLGuidanceBackend:
         self.lltok = llguidance.hf.from_tokenizer(
             tokenizer, n_vocab=vocab_size, eos_token=self.eos_token_ids
         )
+        # Token-trie slices tuned for JSON strings: ~10% faster JSON masks than the general ones.
+        self.lltok_json = self.lltok.with_slices(llguidance.LLTokenizer.json_slices())
 
     def json_options(self) -> dict:
         """Compile options forced on every schema (they override a schema's `x-guidance`)."""
@@ -70,7 +72,8 @@ class LLGuidanceBackend:
     def compile(self, spec: GrammarSpec):
         """A factory of fresh matchers for `spec`; ValueError if llguidance refuses it."""
         grammar = self.grammar_text(spec)
-        template = llguidance.LLMatcher(self.lltok, grammar, log_level=0, limits=_LIMITS)
+        lltok = self.lltok_json if spec.kind in ("json", "json_object") else self.lltok
+        template = llguidance.LLMatcher(lltok, grammar, log_level=0, limits=_LIMITS)
         if template.is_error():
             raise _refusal(spec, template.get_error())
         lock = threading.Lock()
