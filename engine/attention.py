@@ -171,12 +171,14 @@ def _decode_batch(
     values = gather_context(v_cache, block_tables, num_blocks).transpose(1, 2)
     positions = torch.arange(keys.shape[2], device=query.device)
     mask = positions[None, :] < seq_lens[:, None].to(positions.device)  # [B, L]
-    q = query.unsqueeze(2)  # [B, Hq, 1, D]
+    num_seqs, num_heads, head_dim = query.shape
+    num_kv_heads = keys.shape[1]
+    # GQA without repeating K/V: the query heads sharing a KV head act as its queries.
+    q = query.view(num_seqs, num_kv_heads, num_heads // num_kv_heads, head_dim)
     out = F.scaled_dot_product_attention(
         q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask[:, None, None, :], scale=scale,
-        enable_gqa=keys.shape[1] != q.shape[1],
-    )
-    return out.squeeze(2)
+    )  # [B, Hkv, G, D]
+    return out.reshape(num_seqs, num_heads, head_dim)
 
 
 def _causal_chunk(
