@@ -192,13 +192,7 @@ def _filter_top_k_top_p(logits: torch.Tensor, params: list) -> torch.Tensor:
 
 
 def _fill_bitmasks(matchers: list, bitmask: torch.Tensor) -> None:
-    """Fill one bitmask row per matcher, in parallel where the grammar layer can."""
-    try:
-        from corral.grammars import fill_bitmasks
-    except ImportError:
-        fill_bitmasks = None
-    if fill_bitmasks is not None:
-        fill_bitmasks(matchers, bitmask, list(range(len(matchers))))
-        return
-    for row, matcher in enumerate(matchers):
-        matcher.fill_bitmask(bitmask, row)
+    """Fill one bitmask row per matcher (the grammar layer fills its rows in parallel)."""
+    from corral.grammars import fill_bitmasks
+
+    fill_bitmasks(matchers, bitmask, list(range(len(matchers))))
