@@ -167,12 +167,16 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                    help="both systems' dtype (auto: bfloat16 on GPU, float32 on CPU)")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--structured", action="store_true",
                     help="also run every request constrained by a JSON schema")
     args = ap.parse_args()
 
-    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    if args.dtype == "auto":
+        args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+    dtype = getattr(torch, args.dtype)
     from transformers import AutoTokenizer
 
     from corral.engine.model_files import resolve_model_dir
@@ -199,7 +203,8 @@ def main() -> None:
         gc.collect()
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    llm = LLM(args.model, device=args.device, shape=args.shape, load_format=args.load_format,
+    llm = LLM(args.model, device=args.device, dtype=args.dtype, shape=args.shape,
+              load_format=args.load_format,
               max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
               max_model_len=args.prompt_len[1] + args.output_len[1] + 16,
               enable_prefix_caching=False)
@@ -224,8 +229,8 @@ def main() -> None:
                    else f"CPU ({torch.get_num_threads()} threads)")
     print(f"\nworkload: {args.num_requests} requests, prompt {args.prompt_len[0]}-"
           f"{args.prompt_len[1]} tokens, output {args.output_len[0]}-{args.output_len[1]} tokens,"
-          f" EOS ignored; model {llm.engine.model_name if args.shape is None else args.shape}; "
-          f"{device_name}")
+          f" EOS ignored; model {llm.engine.model_name if args.shape is None else args.shape}, "
+          f"{args.dtype}; {device_name}")
     print(f"{'system':<40} {'requests':>8} {'out tokens':>10} {'seconds':>9} {'tok/s':>9}")
     for name, reqs, n, t in rows:
         print(f"{name:<40} {reqs:>8} {n:>10} {t:>9.2f} {n / t:>9.1f}")
