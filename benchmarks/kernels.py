@@ -22,13 +22,14 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
 from corral.kernels import paged_decode_attention as decode_mod
 from corral.kernels import paged_prefill_attention as prefill_mod
 from corral.kernels.rms_norm import rms_norm_torch, rms_norm_triton
 from corral.kernels.rotary_embedding import rotary_embedding_torch, rotary_embedding_triton
 from corral.kernels.token_bitmask import apply_token_bitmask_torch, apply_token_bitmask_triton
 from corral.kernels.write_kv_cache import write_kv_cache_torch, write_kv_cache_triton
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 NUM_HEADS, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 16
 DTYPE = torch.bfloat16

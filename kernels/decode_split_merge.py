@@ -10,6 +10,7 @@ sequence of length 0 gets zeros.
 from __future__ import annotations
 
 import torch
+
 from corral.kernels._triton import jit, next_power_of_2, tl
 
 __all__ = ["merge_decode_splits_torch", "merge_decode_splits_triton"]

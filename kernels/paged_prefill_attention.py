@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+
 from corral.engine.attention import gather_context
 from corral.kernels._triton import (
     cdiv,

@@ -9,6 +9,7 @@ input dtype, as a separate add would), then returns `(rms_norm(h), h)`: a decode
 from __future__ import annotations
 
 import torch
+
 from corral.kernels._triton import jit, next_power_of_2, tl, use_triton
 
 __all__ = ["rms_norm", "rms_norm_torch", "rms_norm_triton"]

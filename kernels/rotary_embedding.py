@@ -9,6 +9,7 @@ scaling already folded in). `q`, `k` may be strided views of one fused QKV outpu
 from __future__ import annotations
 
 import torch
+
 from corral.kernels._triton import jit, next_power_of_2, tl, use_triton
 
 __all__ = ["rotary_embedding", "rotary_embedding_torch", "rotary_embedding_triton"]

@@ -9,6 +9,7 @@ bitmask row applies to (None = row `r` applies to logits row `r`). Disallowed to
 from __future__ import annotations
 
 import torch
+
 from corral.kernels._triton import cdiv, jit, tl, use_triton
 
 

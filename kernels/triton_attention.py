@@ -16,6 +16,7 @@ past `query_start_loc[-1]` are left unwritten.
 from __future__ import annotations
 
 import torch
+
 from corral.engine.attention import AttentionMetadata
 from corral.kernels.paged_decode_attention import paged_decode_attention_triton
 from corral.kernels.paged_prefill_attention import paged_prefill_attention_triton

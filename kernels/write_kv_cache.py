@@ -8,6 +8,7 @@ slot `s` is position `s % block_size` of block `s // block_size`, and -1 (paddin
 from __future__ import annotations
 
 import torch
+
 from corral.engine.attention import write_kv_cache_torch
 from corral.kernels._triton import jit, next_power_of_2, tl, use_triton
 

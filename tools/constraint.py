@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 import llguidance
+
 from corral.engine.sampling_params import StructuredOutputsParams
 from corral.tools.call_format import (
     CALL_SEPARATOR,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+
 from corral.engine.attention import AttentionMetadata, write_kv_cache_torch
 from corral.kernels._triton import HAS_TRITON
 

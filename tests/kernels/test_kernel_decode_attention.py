@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from corral.kernels.paged_decode_attention import (
     DECODE_CONFIG,
     decode_partition,
     paged_decode_attention_torch,
     paged_decode_attention_triton,
 )
-
 from tests.kernels.kernel_batches import (
     TOLERANCE,
     cpu_or_cuda,

@@ -4,11 +4,11 @@ softmax over the concatenated splits."""
 from __future__ import annotations
 
 import torch
+
 from corral.kernels.decode_split_merge import (
     merge_decode_splits_torch,
     merge_decode_splits_triton,
 )
-
 from tests.kernels.kernel_batches import cpu_or_cuda, rel_error, requires_triton
 
 pytestmark = requires_triton

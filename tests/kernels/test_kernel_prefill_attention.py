@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from corral.kernels.paged_prefill_attention import (
     paged_prefill_attention_torch,
     paged_prefill_attention_triton,
 )
-
 from tests.kernels.kernel_batches import (
     TOLERANCE,
     cpu_or_cuda,

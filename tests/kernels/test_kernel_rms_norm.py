@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from corral.kernels.rms_norm import rms_norm_torch, rms_norm_triton
 
+from corral.kernels.rms_norm import rms_norm_torch, rms_norm_triton
 from tests.kernels.kernel_batches import (
     assert_same_rounding,
     cpu_or_cuda,

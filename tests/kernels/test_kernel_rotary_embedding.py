@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from corral.kernels.rotary_embedding import rotary_embedding_torch, rotary_embedding_triton
 
+from corral.kernels.rotary_embedding import rotary_embedding_torch, rotary_embedding_triton
 from tests.kernels.kernel_batches import (
     TOLERANCE,
     cpu_or_cuda,

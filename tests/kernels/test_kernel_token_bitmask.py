@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from corral.kernels.token_bitmask import (
     apply_token_bitmask_,
     apply_token_bitmask_torch,
     apply_token_bitmask_triton,
 )
-
 from tests.kernels.kernel_batches import cpu_or_cuda, gpu, requires_cuda, requires_triton
 
 pytestmark = requires_triton

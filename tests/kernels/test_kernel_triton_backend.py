@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from corral.engine.attention import TorchAttentionBackend
 from corral.kernels.triton_attention import TritonAttentionBackend
-
 from tests.kernels.kernel_batches import (
     TOLERANCE,
     cpu_or_cuda,

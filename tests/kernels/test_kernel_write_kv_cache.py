@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from corral.kernels.write_kv_cache import write_kv_cache_torch, write_kv_cache_triton
 
+from corral.kernels.write_kv_cache import write_kv_cache_torch, write_kv_cache_triton
 from tests.kernels.kernel_batches import (
     cpu_or_cuda,
     gpu,

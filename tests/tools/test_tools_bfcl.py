@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jsonschema
 import pytest
+
 from corral.tools import format_call, tool_call_constraint
 
 from .bfcl import CATEGORIES, first_acceptable, in_schema_order, load_category

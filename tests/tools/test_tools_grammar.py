@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from corral.tools import format_call, tool_call_constraint
 
 from .grammar_check import GrammarCheck, is_valid_output, match_text

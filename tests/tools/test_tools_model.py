@@ -7,6 +7,7 @@ import json
 
 import jsonschema
 import pytest
+
 from corral.engine import SamplingParams
 from corral.tools import ToolCallParser, tool_call_constraint
 

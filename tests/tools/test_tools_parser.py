@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
-from corral.tools import ContentDelta, ToolCallDelta, ToolCallParser, format_call
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from corral.tools import ContentDelta, ToolCallDelta, ToolCallParser, format_call
 
 PARIS = format_call("get_weather", {"city": "Paris", "tags": ["a}", {"b": "\\\"]"}]})
 TIME = format_call("get_time", {})

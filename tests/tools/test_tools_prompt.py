@@ -6,6 +6,7 @@ import copy
 import json
 
 import pytest
+
 from corral.tools import ToolCallParser, render_chat_prompt
 from corral.tools.prompt import template_takes_tools
 

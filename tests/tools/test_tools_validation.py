@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from corral.tools import ToolCallParser, render_chat_prompt, tool_call_constraint
 
 WEATHER = {
