@@ -80,19 +80,53 @@ def gather_context(
     cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
     block_tables: torch.Tensor,  # int32 [num_seqs, max_blocks]
     num_blocks: int,
+    workspace: torch.Tensor | None = None,  # flat, same dtype/device as cache, large enough
 ) -> torch.Tensor:  # [num_seqs, num_blocks * block_size, num_kv_heads, head_dim]
+    """Copy each sequence's first `num_blocks` blocks into one contiguous tensor.
+
+    With a `workspace` the copy lands in it (a view of its front is returned), so no fresh
+    buffer is allocated: on CPU a fresh buffer of tens of MB is new memory from the OS on
+    every call, and its page faults cost several times the copy itself.
+    """
     index = block_tables[:, :num_blocks].reshape(-1).long()
-    blocks = cache.index_select(0, index)  # [num_seqs * num_blocks, block_size, Hkv, D]
+    rows = cache.view(cache.shape[0], -1)  # [num_blocks, block_size * Hkv * D]
+    if workspace is None:
+        blocks = rows.index_select(0, index)
+    else:
+        out = workspace[: index.numel() * rows.shape[1]].view(index.numel(), rows.shape[1])
+        blocks = torch.index_select(rows, 0, index, out=out)
     return blocks.view(block_tables.shape[0], -1, *cache.shape[2:])
+
+
+class GatherWorkspace:
+    """Two growable flat buffers (keys, values) reused by every layer's gathers.
+
+    Safe to share across layers because each layer consumes its gathered context before the
+    next layer gathers. Grows to the largest gather seen; never shrinks.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, numel: int, like: torch.Tensor) -> torch.Tensor:
+        buf = self._buffers.get(name)
+        stale = buf is None or buf.dtype != like.dtype or buf.device != like.device
+        if stale or buf.numel() < numel:
+            buf = torch.empty(max(numel, 1), dtype=like.dtype, device=like.device)
+            self._buffers[name] = buf
+        return buf
 
 
 class TorchAttentionBackend:
     """Pure-torch paged attention: batched decode, per-sequence causal prefill.
 
-    Decodes are gathered into one padded batch and attend with a length mask; each prefill
-    chunk attends over its gathered context with a causal offset. GQA is handled by SDPA's
-    `enable_gqa`, without repeating K/V in memory.
+    Decodes are gathered into padded batches of similar length and attend with a length
+    mask; each prefill chunk attends over its gathered context with a causal offset. GQA is
+    handled without repeating K/V in memory. Gathers reuse one workspace.
     """
+
+    def __init__(self) -> None:
+        self.workspace = GatherWorkspace()
 
     def forward(
         self,
@@ -105,7 +139,7 @@ class TorchAttentionBackend:
         scale: float,
     ) -> torch.Tensor:
         write_kv_cache_torch(key, value, k_cache, v_cache, meta.slot_mapping)
-        return paged_attention_torch(query, k_cache, v_cache, meta, scale)
+        return paged_attention_torch(query, k_cache, v_cache, meta, scale, self.workspace)
 
 
 def paged_attention_torch(
@@ -114,6 +148,7 @@ def paged_attention_torch(
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
+    workspace: GatherWorkspace | None = None,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
     """Reference paged attention over the flattened varlen batch (cache already written)."""
     out = torch.empty_like(query)
@@ -128,7 +163,7 @@ def paged_attention_torch(
         index = torch.tensor(group, device=query.device)
         out[index] = _decode_batch(
             query[index], k_cache, v_cache, meta.block_tables[index], meta.seq_lens[index],
-            seq_lens[group[0]], block_size, scale,
+            seq_lens[group[0]], block_size, scale, workspace,
         )
     num_decodes = meta.num_decodes
     for i in range(num_decodes, len(seq_lens)):
@@ -137,10 +172,28 @@ def paged_attention_torch(
             continue
         seq_len = seq_lens[i]
         num_blocks = (seq_len + block_size - 1) // block_size
-        keys = gather_context(k_cache, meta.block_tables[i : i + 1], num_blocks)[0, :seq_len]
-        values = gather_context(v_cache, meta.block_tables[i : i + 1], num_blocks)[0, :seq_len]
+        table = meta.block_tables[i : i + 1]
+        keys, values = _gather_pair(k_cache, v_cache, table, num_blocks, workspace)
+        keys, values = keys[0, :seq_len], values[0, :seq_len]
         out[start:end] = _causal_chunk(query[start:end], keys, values, scale)
     return out
+
+
+def _gather_pair(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,  # [num_seqs, max_blocks]
+    num_blocks: int,
+    workspace: GatherWorkspace | None,
+) -> tuple[torch.Tensor, torch.Tensor]:  # 2 x [num_seqs, num_blocks * block_size, Hkv, D]
+    if workspace is None:
+        return (gather_context(k_cache, block_tables, num_blocks),
+                gather_context(v_cache, block_tables, num_blocks))
+    numel = block_tables.shape[0] * num_blocks * k_cache[0].numel()
+    return (
+        gather_context(k_cache, block_tables, num_blocks, workspace.get("k", numel, k_cache)),
+        gather_context(v_cache, block_tables, num_blocks, workspace.get("v", numel, v_cache)),
+    )
 
 
 def _length_groups(seq_lens: list[int], max_waste: float = 0.5) -> list[list[int]]:
@@ -165,10 +218,11 @@ def _decode_batch(
     max_seq_len: int,
     block_size: int,
     scale: float,
+    workspace: GatherWorkspace | None = None,
 ) -> torch.Tensor:  # [B, Hq, D]
     num_blocks = (max_seq_len + block_size - 1) // block_size
-    keys = gather_context(k_cache, block_tables, num_blocks).transpose(1, 2)  # [B, Hkv, L, D]
-    values = gather_context(v_cache, block_tables, num_blocks).transpose(1, 2)
+    keys, values = _gather_pair(k_cache, v_cache, block_tables, num_blocks, workspace)
+    keys, values = keys.transpose(1, 2), values.transpose(1, 2)  # [B, Hkv, L, D]
     positions = torch.arange(keys.shape[2], device=query.device)
     mask = positions[None, :] < seq_lens[:, None].to(positions.device)  # [B, L]
     num_seqs, num_heads, head_dim = query.shape
