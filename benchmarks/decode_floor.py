@@ -38,6 +38,14 @@ def copy_bandwidth(num_bytes: int = 2 * 1024**3) -> float:
     return num_bytes * reps / (time.perf_counter() - start)
 
 
+def set_mode(llm: LLM, mode: str) -> None:
+    """`async`: step N+1 launched before step N's tokens are read back; `sync`: the
+    synchronous loop (grammar accepts and detokenization deferred into the next step)."""
+    engine = llm.engine
+    engine.async_scheduling = mode == "async"
+    engine.defer_grammar_accept = engine.defer_detokenize = mode == "sync"
+
+
 def time_decode_steps(llm: LLM, batch: int, context: int, steps: int) -> float:
     engine = llm.engine
     rng = random.Random(batch)
@@ -70,6 +78,8 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 128, 256])
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--modes", nargs="+", choices=["async", "sync"], default=["async", "sync"],
+                    help="engine loops to time (async scheduling on or off)")
     args = ap.parse_args()
 
     max_batch = max(args.batch_sizes)
@@ -83,12 +93,14 @@ def main() -> None:
     print(f"\n{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e9:.0f} GB/s; "
           f"weights {weight_bytes / 1e9:.2f} GB; KV {kv_bytes_per_token / 1024:.0f} KiB/token; "
           f"context {args.context}")
-    print(f"{'batch':>6} {'step ms':>9} {'floor ms':>9} {'ratio':>7} {'tok/s':>9}")
+    print(f"{'mode':>6} {'batch':>6} {'step ms':>9} {'floor ms':>9} {'ratio':>7} {'tok/s':>9}")
     for batch in args.batch_sizes:
-        step = time_decode_steps(llm, batch, args.context, args.steps)
-        floor = (weight_bytes + batch * args.context * kv_bytes_per_token) / bandwidth
-        print(f"{batch:>6} {step * 1e3:>9.2f} {floor * 1e3:>9.2f} {step / floor:>7.2f} "
-              f"{batch / step:>9.0f}")
+        for mode in args.modes:
+            set_mode(llm, mode)
+            step = time_decode_steps(llm, batch, args.context, args.steps)
+            floor = (weight_bytes + batch * args.context * kv_bytes_per_token) / bandwidth
+            print(f"{mode:>6} {batch:>6} {step * 1e3:>9.2f} {floor * 1e3:>9.2f} "
+                  f"{step / floor:>7.2f} {batch / step:>9.0f}")
 
 
 if __name__ == "__main__":

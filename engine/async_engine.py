@@ -140,7 +140,7 @@ class AsyncLLMEngine:
                 continue
             for output in outputs:
                 self._deliver(output.request_id, output)
-            if not outputs:
+            if self.engine.last_step_idle:
                 self._wake.wait(0.002)
                 self._wake.clear()
 

@@ -18,6 +18,8 @@ class EngineConfig:
     `max_model_len` None means the model's own context length.
     `load_format="dummy"` gives random weights of the model's shape (benchmarks); `shape`
     names a built-in shape (e.g. "llama3-8b") to use with the model's tokenizer.
+    `async_scheduling` (None: on for CUDA) schedules and launches step N+1 before reading
+    back step N's sampled tokens, so the host work of a step overlaps the device's.
     """
 
     model: str | None = None
@@ -42,6 +44,7 @@ class EngineConfig:
     shape: str | None = None
     enforce_eager: bool = False
     attention_backend: str = "auto"
+    async_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, what: str) -> None:

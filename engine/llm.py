@@ -87,8 +87,8 @@ class LLM:
         finals: dict[str, RequestOutput] = {}
         while pending:
             outputs = self.engine.step(emit_unfinished=False)
-            if not outputs:
-                time.sleep(0.001)
+            if self.engine.last_step_idle:
+                time.sleep(0.001)  # e.g. waiting for grammars to compile
             for output in outputs:
                 if output.finished and output.request_id in pending:
                     pending.discard(output.request_id)

@@ -19,13 +19,13 @@ from .block_manager import BlockManager
 from .config import EngineConfig
 from .engine_stats import EngineStats
 from .model_files import DEFAULT_MODEL_NAME, resolve_model_dir
-from .model_runner import ModelRunner
+from .model_runner import ModelRunner, PendingTokens
 from .outputs import RequestOutput, TokenLogprob
 from .request import Request
-from .sampler import Sampler
+from .sampler import LaunchedSample, Sampler
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler
-from .sequence import Sequence
+from .scheduler import Scheduler, SchedulerOutput
+from .sequence import PENDING_TOKEN, Sequence
 from .tokenizer import eos_token_ids, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -55,13 +55,22 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self._arrivals = itertools.count()
         self._grammar: Any = None
-        # On a GPU, grammars accept each sampled token during the next step's forward pass
-        # (a sequence whose grammar then completes wastes that one step's row).
-        self.defer_grammar_accept = self.runner.device.type == "cuda"
+        on_gpu = self.runner.device.type == "cuda"
+        # Async scheduling: step N+1 is scheduled and launched before step N's tokens are
+        # read back; they are then resolved while the device runs N+1 (grammars and texts
+        # see each token before the next sample is drawn, as in the synchronous loop).
+        self.async_scheduling = (config.async_scheduling if config.async_scheduling is not None
+                                 else on_gpu)
+        # Synchronous loop on a GPU: grammars accept each sampled token during the next
+        # step's forward pass (a sequence whose grammar then completes wastes that one
+        # step's row), and likewise detokenization and stop strings (text then lags the
+        # tokens by one step).
+        self.defer_grammar_accept = on_gpu and not self.async_scheduling
         self._pending_grammar: list[tuple[Sequence, int]] = []
-        # Likewise detokenization and stop strings (text then lags the tokens by one step).
-        self.defer_detokenize = self.runner.device.type == "cuda"
+        self.defer_detokenize = on_gpu and not self.async_scheduling
         self._pending_texts: list[Sequence] = []
+        self._in_flight: LaunchedSample | None = None
+        self.last_step_idle = False  # the last step neither computed nor resolved anything
         self.stats = EngineStats()
         logger.info("model %s on %s (%s): %d KV blocks of %d tokens, max_model_len %d",
                     self.model_name, self.runner.device, self.runner.dtype, num_blocks,
@@ -133,6 +142,7 @@ class LLMEngine:
         for seq in request.seqs:
             if not seq.is_finished:
                 seq.finish_reason = "abort"
+                _drop_pending(seq)
                 self.scheduler.finish(seq)
         return request.make_output()
 
@@ -144,7 +154,10 @@ class LLMEngine:
     def step(self, emit_unfinished: bool = True) -> list[RequestOutput]:
         """Run one iteration; returns outputs of the requests that changed (only of those
         that finished when `emit_unfinished` is False, as offline generation needs)."""
+        if self.async_scheduling:
+            return self._step_async(emit_unfinished)
         touched: dict[str, Request] = {}
+        self._resolve_in_flight(touched)  # left by async scheduling, if just switched off
         self._poll_grammars(touched)
         batch = self.scheduler.schedule()
         self.stats.num_preemptions = self.scheduler.num_preemptions
@@ -178,6 +191,11 @@ class LLMEngine:
         else:
             self._settle_grammars(touched)
             self._settle_texts(touched)
+        self.last_step_idle = batch.is_empty and not touched
+        return self._collect_outputs(touched, emit_unfinished)
+
+    def _collect_outputs(self, touched: dict[str, Request], emit_unfinished: bool
+                         ) -> list[RequestOutput]:
         outputs = []
         for request_id, request in touched.items():
             if emit_unfinished or request.is_finished:
@@ -186,6 +204,88 @@ class LLMEngine:
                 request.metrics.finished_time = time.monotonic()
                 self.requests.pop(request_id, None)
         return outputs
+
+    def _step_async(self, emit_unfinished: bool) -> list[RequestOutput]:
+        """One iteration with async scheduling.
+
+        Order: schedule and launch step N+1 (a sequence whose step-N token is still on the
+        device takes it from there), then read step N's tokens back and resolve them (append,
+        grammar accept, detokenize, stop checks) while the device computes N+1, then launch
+        N+1's sampling and leave its tokens pending. A sequence that step N finishes wastes
+        its row of N+1 (its KV write lands past its end, in blocks it no longer holds, and
+        is ordered before any later use of them)."""
+        touched: dict[str, Request] = {}
+        self._poll_grammars(touched)
+        self._settle_grammars(touched)  # leftovers from a synchronous step, if any
+        self._settle_texts(touched)
+        batch = self.scheduler.schedule()
+        self.stats.num_preemptions = self.scheduler.num_preemptions
+        logits = None
+        sampling: list[tuple[Sequence, int]] = []
+        if not batch.is_empty:
+            now = time.monotonic()
+            for item in batch.scheduled:
+                metrics = item.seq.request.metrics
+                if metrics.first_scheduled_time is None:
+                    metrics.first_scheduled_time = now
+            sampling = [(item.seq, item.seq.num_tokens) for item in batch.scheduled
+                        if item.samples]
+            logits = self.runner.execute(batch, self._pending_tokens())
+        resolved = self._resolve_in_flight(touched)
+        if logits is not None:
+            self._launch_sampling(batch, sampling, logits, touched)
+        self.last_step_idle = batch.is_empty and not resolved and not touched
+        return self._collect_outputs(touched, emit_unfinished)
+
+    def _pending_tokens(self) -> PendingTokens | None:
+        launched = self._in_flight
+        if launched is None:
+            return None
+        rows = {seq.seq_id: row for row, seq in enumerate(launched.seqs)}
+        return PendingTokens(launched.token_ids, rows)
+
+    def _resolve_in_flight(self, touched: dict[str, Request]) -> bool:
+        """Read back the last launched sample and append its tokens."""
+        launched, self._in_flight = self._in_flight, None
+        if launched is None:
+            return False
+        sampled = self.sampler.read(launched)
+        now = time.monotonic()
+        for seq, token, logprob in zip(launched.seqs, sampled.token_ids, sampled.logprobs,
+                                       strict=True):
+            if _drop_pending(seq) and not seq.is_finished:
+                touched[seq.request.request_id] = seq.request
+                self._append_sampled(seq, token, logprob, now)
+        return True
+
+    def _launch_sampling(self, batch: SchedulerOutput, sampling: list[tuple[Sequence, int]],
+                         logits, touched: dict[str, Request]) -> None:
+        for item in batch.scheduled:
+            seq = item.seq
+            touched[seq.request.request_id] = seq.request
+            if seq.is_finished:
+                continue
+            seq.num_computed_tokens += item.num_new_tokens
+            self.scheduler.register_computed_blocks(seq)
+            if seq.num_computed_tokens <= seq.num_prompt_tokens:
+                self.stats.prompt_tokens_total += item.num_new_tokens
+        # Rows whose sequence the resolution finished or extended (fast-forward) drop out.
+        keep = [row for row, (seq, length) in enumerate(sampling)
+                if not seq.is_finished and seq.num_tokens == length]
+        if not keep:
+            return
+        if len(keep) < len(sampling):
+            logits = logits[torch.tensor(keep, device=logits.device)]
+        seqs = [sampling[row][0] for row in keep]
+        self._in_flight = self.sampler.launch(logits, seqs)
+        for seq in seqs:
+            seq.token_ids.append(PENDING_TOKEN)
+            seq.num_pending_tokens = 1
+            params = seq.params
+            # A token that must be the last one needs no further step.
+            seq.last_token_pending = (
+                (params.max_tokens is not None and seq.num_output_tokens + 1 >= params.max_tokens)
+                or seq.num_tokens >= self.max_model_len)
 
     def _poll_grammars(self, touched: dict[str, Request]) -> None:
         for request in list(self.requests.values()):
@@ -206,6 +306,7 @@ class LLMEngine:
         for seq in request.seqs:
             if not seq.is_finished:
                 seq.finish_reason = "abort"
+                _drop_pending(seq)
                 self.scheduler.finish(seq)
 
     def _append_sampled(self, seq: Sequence, token: int, logprob: TokenLogprob | None,
@@ -217,7 +318,7 @@ class LLMEngine:
         seq.num_sampled_tokens += 1
         if seq.logprobs is not None and logprob is not None:
             seq.logprobs.append(logprob)
-        if seq.matcher is not None and self.defer_grammar_accept:
+        if seq.matcher is not None and self.defer_grammar_accept and not self.async_scheduling:
             self._append_token(seq, token, accept=False)
             if not seq.is_finished:
                 self._pending_grammar.append((seq, token))
@@ -284,7 +385,7 @@ class LLMEngine:
             reason = "length"
         elif seq.num_tokens >= self.max_model_len:
             reason = "length"
-        if reason is None and self.defer_detokenize:
+        if reason is None and self.defer_detokenize and not self.async_scheduling:
             self._pending_texts.append(seq)
             return
         if self._update_text(seq, check_stops):
@@ -336,3 +437,13 @@ class LLMEngine:
     def shutdown(self) -> None:
         if self._grammar is not None:
             self._grammar.shutdown()
+
+
+def _drop_pending(seq: Sequence) -> bool:
+    """Remove a sequence's pending placeholder token; True if it had one."""
+    if not seq.num_pending_tokens:
+        return False
+    del seq.token_ids[-seq.num_pending_tokens:]
+    seq.num_pending_tokens = 0
+    seq.last_token_pending = False
+    return True

@@ -25,6 +25,16 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
+class PendingTokens:
+    """Last step's sampled tokens, still on the device (async scheduling).
+
+    `token_ids[rows[seq_id]]` is the value of that sequence's PENDING_TOKEN."""
+
+    token_ids: torch.Tensor  # int64 [num_sampled], on the model's device
+    rows: dict[int, int]
+
+
+@dataclass
 class StepInputs:
     """Device tensors of one step."""
 
@@ -84,7 +94,11 @@ class ModelRunner:
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.num_blocks = 0
         self.graphs: DecodeGraphs | None = None
-        self._staging = torch.empty(0, dtype=torch.int64)
+        # Two pinned staging buffers used in turn, each with the event of its last copy: with
+        # async scheduling the host fills one while the device may still read the other.
+        self._staging = [torch.empty(0, dtype=torch.int64) for _ in range(2)]
+        self._staging_events: list = [None, None]
+        self._staging_turn = 0
 
     # ---- KV cache -------------------------------------------------------------------------
 
@@ -165,8 +179,11 @@ class ModelRunner:
 
     # ---- one step ----------------------------------------------------------------------
 
-    def prepare(self, batch: SchedulerOutput) -> StepInputs:
-        """Host-side batch building, then one host-to-device copy."""
+    def prepare(self, batch: SchedulerOutput, pending: PendingTokens | None = None
+                ) -> StepInputs:
+        """Host-side batch building, then one host-to-device copy.
+
+        Input tokens still pending on the device are filled in there from `pending`."""
         bs = self.block_size
         num_seqs = len(batch.scheduled)
         input_ids: list[int] = []
@@ -178,13 +195,20 @@ class ModelRunner:
         max_blocks = max(len(s.seq.block_table) for s in batch.scheduled)
         block_tables = np.zeros((num_seqs, max_blocks), dtype=np.int64)
         num_decodes = 0
+        fill_dst: list[int] = []  # input positions whose token is pending on the device
+        fill_src: list[int] = []  # ... and its row in `pending.token_ids`
         for i, item in enumerate(batch.scheduled):
             seq, n = item.seq, item.num_new_tokens
             start = seq.num_computed_tokens
             table = seq.block_table
             block_tables[i, : len(table)] = table
+            if seq.num_pending_tokens:
+                # Only a sequence's last token is ever pending, and it is computed alone.
+                assert n == 1 and pending is not None and start == seq.num_tokens - 1, seq
+                fill_dst.append(len(input_ids))
+                fill_src.append(pending.rows[seq.seq_id])
             if n == 1:
-                input_ids.append(seq.token_ids[start])
+                input_ids.append(max(seq.token_ids[start], 0))
                 positions.append(start)
                 slots.append(table[start // bs] * bs + start % bs)
                 if num_decodes == i:
@@ -199,16 +223,19 @@ class ModelRunner:
                 logits_indices.append(starts[-1] - 1)
         num_tokens = starts[-1]
         host = np.concatenate([
-            np.asarray(input_ids + positions + slots + starts + seq_lens + logits_indices,
-                       dtype=np.int64),
+            np.asarray(input_ids + positions + slots + starts + seq_lens + logits_indices
+                       + fill_dst + fill_src, dtype=np.int64),
             block_tables.reshape(-1),
         ])
         dev = torch.from_numpy(host)
         if self.device.type == "cuda":
             dev = self._to_device(dev)
         sizes = [num_tokens, num_tokens, num_tokens, num_seqs + 1, num_seqs,
-                 len(logits_indices), num_seqs * max_blocks]
-        ids_t, pos_t, slots_t, starts_t, lens_t, logits_t, tables_t = dev.split(sizes)
+                 len(logits_indices), len(fill_dst), len(fill_src), num_seqs * max_blocks]
+        (ids_t, pos_t, slots_t, starts_t, lens_t, logits_t, dst_t, src_t,
+         tables_t) = dev.split(sizes)
+        if fill_dst:
+            ids_t.index_copy_(0, dst_t, pending.token_ids.index_select(0, src_t))
         meta = AttentionMetadata(
             query_start_loc=starts_t.to(torch.int32),
             seq_lens=lens_t.to(torch.int32),
@@ -225,17 +252,28 @@ class ModelRunner:
 
     def _to_device(self, host: torch.Tensor) -> torch.Tensor:
         """One host-to-device copy through a reused pinned buffer."""
-        if self._staging.numel() < host.numel():
-            self._staging = torch.empty(max(host.numel(), 2 * self._staging.numel()),
-                                        dtype=torch.int64, pin_memory=True)
-        staging = self._staging[: host.numel()]
+        turn = self._staging_turn
+        self._staging_turn ^= 1
+        if self._staging_events[turn] is not None:
+            self._staging_events[turn].synchronize()  # its previous copy has been read
+        if self._staging[turn].numel() < host.numel():
+            self._staging[turn] = torch.empty(
+                max(host.numel(), 2 * self._staging[turn].numel()), dtype=torch.int64,
+                pin_memory=True)
+        staging = self._staging[turn][: host.numel()]
         staging.copy_(host)
-        return staging.to(self.device, non_blocking=True)
+        dev = staging.to(self.device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._staging_events[turn] = event
+        return dev
 
     @torch.inference_mode()
-    def execute(self, batch: SchedulerOutput) -> torch.Tensor:
-        """Run one step; returns float32 logits [num_sampling_seqs, vocab]."""
-        inputs = self.prepare(batch)
+    def execute(self, batch: SchedulerOutput, pending: PendingTokens | None = None
+                ) -> torch.Tensor:
+        """Run one step; returns float32 logits [num_sampling_seqs, vocab] (on a GPU, the
+        work is queued: nothing here waits for the device)."""
+        inputs = self.prepare(batch, pending)
         meta = inputs.meta
         if (self.graphs is not None and meta.num_decodes == meta.num_seqs
                 and self.graphs.can_run(meta.num_seqs, meta.block_tables.shape[1])):

@@ -28,6 +28,17 @@ class SamplerOutput:
 
 
 @dataclass
+class LaunchedSample:
+    """Tokens sampled on the device whose values the host has not read yet."""
+
+    token_ids: torch.Tensor  # int64 [rows], on the device
+    host_token_ids: torch.Tensor  # int64 [rows], pinned on a GPU; valid after `ready`
+    ready: torch.cuda.Event | None  # recorded after the device-to-host copy (GPU only)
+    raw_logprobs: torch.Tensor | None  # [rows, vocab] when some row asked for logprobs
+    seqs: list[Sequence]
+
+
+@dataclass
 class SamplerStats:
     """Time spent filling grammar masks (seconds per filled row), drained by the engine."""
 
@@ -51,6 +62,12 @@ class Sampler:
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         """logits: float32 [len(seqs), vocab] (modified in place)."""
+        return self.read(self.launch(logits, seqs))
+
+    @torch.inference_mode()
+    def launch(self, logits: torch.Tensor, seqs: list[Sequence]) -> LaunchedSample:
+        """Queue the sampling of one token per row; `read` returns them. On a GPU nothing
+        here waits for the device (user logits processors excepted)."""
         # Grammar masks first: pure CPU work that overlaps the GPU's forward pass.
         masked_rows = self._fill_masks(seqs)
         raw_logprobs = None
@@ -61,8 +78,23 @@ class Sampler:
         self._apply_penalties(logits, seqs)
         self._apply_processors(logits, seqs, masked_rows)
         token_ids = self._sample(logits, seqs)
-        token_list = token_ids.tolist()
-        logprobs = self._gather_logprobs(raw_logprobs, token_ids, seqs)
+        ready = None
+        if token_ids.device.type == "cuda":
+            host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
+            host.copy_(token_ids, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+        else:
+            host = token_ids
+        return LaunchedSample(token_ids, host, ready, raw_logprobs, seqs)
+
+    def read(self, launched: LaunchedSample) -> SamplerOutput:
+        """Wait for a launched sample's tokens (the only device sync of sampling)."""
+        if launched.ready is not None:
+            launched.ready.synchronize()
+        token_list = launched.host_token_ids.tolist()
+        logprobs = self._gather_logprobs(launched.raw_logprobs, launched.token_ids,
+                                         launched.seqs)
         return SamplerOutput(token_list, logprobs)
 
     # ---- logits processing -----------------------------------------------------------------

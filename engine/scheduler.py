@@ -74,8 +74,8 @@ class Scheduler:
         for seq in list(self.running):
             if budget == 0:
                 break
-            if seq.status is not SequenceStatus.RUNNING:
-                continue  # preempted earlier in this loop
+            if seq.status is not SequenceStatus.RUNNING or seq.last_token_pending:
+                continue  # preempted earlier in this loop, or ends with its pending token
             num_new = min(seq.num_uncomputed_tokens, budget)
             if num_new == 0:
                 continue

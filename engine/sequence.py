@@ -14,6 +14,9 @@ if TYPE_CHECKING:
     from .request import Request
 
 
+PENDING_TOKEN = -1  # stands for a sampled token still on the device
+
+
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -49,6 +52,10 @@ class Sequence:
         self.detokenizer = IncrementalDetokenizer(
             tokenizer, self.token_ids, self.params.skip_special_tokens
         )
+        # Async scheduling: a token sampled on the device but not yet read back sits at the
+        # end of `token_ids` as PENDING_TOKEN until the next step resolves it.
+        self.num_pending_tokens = 0
+        self.last_token_pending = False  # the pending token is known to be its last one
         self.num_sampled_tokens = 0
         self.num_forced_tokens = 0
         self.num_preemptions = 0
@@ -63,7 +70,9 @@ class Sequence:
 
     @property
     def output_token_ids(self) -> list[int]:
-        return self.token_ids[self.num_prompt_tokens :]
+        """The generated tokens whose values are known (pending ones left out)."""
+        end = len(self.token_ids) - self.num_pending_tokens
+        return self.token_ids[self.num_prompt_tokens : end]
 
     @property
     def num_uncomputed_tokens(self) -> int:
