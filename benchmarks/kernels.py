@@ -101,9 +101,13 @@ def bench_decode(copy_bw: float, sweep: bool, rows: list[dict]) -> None:
     default = dict(decode_mod.DECODE_CONFIG)
     configs = [default]
     if sweep:
-        for min_partition, per_sm in [(64, 1), (64, 3), (64, 4), (256, 2)]:
+        for min_partition, per_sm in [(64, 1), (64, 3), (64, 4), (64, 8), (256, 2)]:
             configs.append({**default, "min_partition": min_partition,
                             "programs_per_sm": per_sm})
+        for block_n, warps, stages in [(32, 4, 3), (128, 4, 3), (64, 8, 3), (64, 4, 4),
+                                       (64, 2, 3), (128, 8, 2)]:
+            configs.append({**default, "block_n": block_n, "num_warps": warps,
+                            "num_stages": stages})
     print("\n== paged decode attention (bf16, 32 q / 8 kv heads, d=128, block 16) ==")
     print(f"{'batch x ctx':>12} {'config':>24} {'KV MB':>8} {'us':>8} {'GB/s':>8} "
           f"{'of copy':>8} {'torch us':>9} {'rel err':>8}")

@@ -14,6 +14,7 @@ from torch import nn
 
 from corral.kernels.rms_norm import rms_norm
 from corral.kernels.rotary_embedding import rotary_embedding
+from corral.kernels.silu_and_mul import silu_and_mul
 
 from ..attention import AttentionBackend, AttentionMetadata
 from .rotary import RotaryEmbedding
@@ -76,8 +77,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
