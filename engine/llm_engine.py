@@ -72,9 +72,34 @@ class LLMEngine:
         self._in_flight: LaunchedSample | None = None
         self.last_step_idle = False  # the last step neither computed nor resolved anything
         self.stats = EngineStats()
+        if self.runner.device.type == "cuda":
+            self._warm_up()
         logger.info("model %s on %s (%s): %d KV blocks of %d tokens, max_model_len %d",
                     self.model_name, self.runner.device, self.runner.dtype, num_blocks,
                     config.block_size, self.max_model_len)
+
+    def _warm_up(self, lengths: tuple[int, ...] = (1, 7, 16, 33, 200, 600, 1500)) -> None:
+        """Run a few throwaway requests so that the GPU kernels' usual specialisations
+        (prefill, decode with and without context splits, mixed batches) are compiled
+        before the first real request instead of during it."""
+        start = time.perf_counter()
+        limit = self.max_model_len - 4
+        lengths = tuple(n for n in lengths if n <= limit)
+        params = SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)
+
+        def prompt(i: int, n: int) -> list[int]:
+            return [(1000 + 7919 * (i + 1) + j) % self.vocab_size for j in range(n)]
+
+        for i, n in enumerate(lengths):
+            self.add_request(f"corral-warm-up-{i}", prompt(i, n), params)
+        self.step()  # prefills only
+        self.add_request("corral-warm-up-mixed", prompt(len(lengths), min(300, limit)), params)
+        while self.has_unfinished_requests():
+            self.step()  # a prefill beside decodes, then decodes
+        self.stats = EngineStats()
+        self.sampler.stats.mask_fill_seconds.clear()
+        self.block_manager.prefix_cache_queries = self.block_manager.prefix_cache_hits = 0
+        logger.info("warm-up took %.1f s", time.perf_counter() - start)
 
     # ---- grammars ---------------------------------------------------------------------
 
@@ -275,7 +300,7 @@ class LLMEngine:
         if not keep:
             return
         if len(keep) < len(sampling):
-            logits = logits[torch.tensor(keep, device=logits.device)]
+            logits = logits[self.sampler.device_tensor(keep, torch.long)]
         seqs = [sampling[row][0] for row in keep]
         self._in_flight = self.sampler.launch(logits, seqs)
         for seq in seqs:

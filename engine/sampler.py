@@ -32,9 +32,10 @@ class LaunchedSample:
     """Tokens sampled on the device whose values the host has not read yet."""
 
     token_ids: torch.Tensor  # int64 [rows], on the device
-    host_token_ids: torch.Tensor  # int64 [rows], pinned on a GPU; valid after `ready`
-    ready: torch.cuda.Event | None  # recorded after the device-to-host copy (GPU only)
-    raw_logprobs: torch.Tensor | None  # [rows, vocab] when some row asked for logprobs
+    # Host copies, valid once `ready` has passed: token ids [rows], and with logprobs the
+    # chosen token's logprob [rows], then the top values and ids [rows, k] when k > 0.
+    host: list[torch.Tensor]
+    ready: torch.cuda.Event | None  # recorded after the device-to-host copies (GPU only)
     seqs: list[Sequence]
 
 
@@ -67,7 +68,8 @@ class Sampler:
     @torch.inference_mode()
     def launch(self, logits: torch.Tensor, seqs: list[Sequence]) -> LaunchedSample:
         """Queue the sampling of one token per row; `read` returns them. On a GPU nothing
-        here waits for the device (user logits processors excepted)."""
+        here waits for the device (user logits processors excepted): small host inputs go
+        up through pinned memory and results come back the same way."""
         # Grammar masks first: pure CPU work that overlaps the GPU's forward pass.
         masked_rows = self._fill_masks(seqs)
         raw_logprobs = None
@@ -78,24 +80,48 @@ class Sampler:
         self._apply_penalties(logits, seqs)
         self._apply_processors(logits, seqs, masked_rows)
         token_ids = self._sample(logits, seqs)
-        ready = None
-        if token_ids.device.type == "cuda":
-            host = torch.empty(token_ids.shape, dtype=token_ids.dtype, pin_memory=True)
-            host.copy_(token_ids, non_blocking=True)
-            ready = torch.cuda.Event()
-            ready.record()
-        else:
-            host = token_ids
-        return LaunchedSample(token_ids, host, ready, raw_logprobs, seqs)
+        results = [token_ids]
+        if raw_logprobs is not None:
+            results.append(raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1))
+            top_k = max(seq.params.logprobs or 0 for seq in seqs)
+            if top_k > 0:
+                results.extend(raw_logprobs.topk(top_k, dim=-1))
+        if token_ids.device.type != "cuda":
+            return LaunchedSample(token_ids, results, None, seqs)
+        host = []
+        for result in results:
+            copy = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
+            copy.copy_(result, non_blocking=True)
+            host.append(copy)
+        ready = torch.cuda.Event()
+        ready.record()
+        return LaunchedSample(token_ids, host, ready, seqs)
 
     def read(self, launched: LaunchedSample) -> SamplerOutput:
-        """Wait for a launched sample's tokens (the only device sync of sampling)."""
+        """Wait for a launched sample's results (the only device sync of sampling)."""
         if launched.ready is not None:
             launched.ready.synchronize()
-        token_list = launched.host_token_ids.tolist()
-        logprobs = self._gather_logprobs(launched.raw_logprobs, launched.token_ids,
-                                         launched.seqs)
+        token_list = launched.host[0].tolist()
+        logprobs: list[TokenLogprob | None] = [None] * len(token_list)
+        if len(launched.host) > 1:
+            chosen = launched.host[1].tolist()
+            top_values = launched.host[2].tolist() if len(launched.host) > 2 else None
+            top_ids = launched.host[3].tolist() if len(launched.host) > 2 else None
+            for row, seq in enumerate(launched.seqs):
+                k = seq.params.logprobs
+                if k is None:
+                    continue
+                top = (list(zip(top_ids[row][:k], top_values[row][:k], strict=True))
+                       if k > 0 else [])
+                logprobs[row] = TokenLogprob(token_list[row], chosen[row], top)
         return SamplerOutput(token_list, logprobs)
+
+    def device_tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        """A small host list on the sampling device without waiting for the device."""
+        tensor = torch.tensor(values, dtype=dtype)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
 
     # ---- logits processing -----------------------------------------------------------------
 
@@ -103,16 +129,17 @@ class Sampler:
         for row, seq in enumerate(seqs):
             bias = seq.params.logit_bias
             if bias:
-                ids = torch.tensor([t for t in bias if t < self.vocab_size], device=logits.device)
-                vals = torch.tensor([bias[t] for t in bias if t < self.vocab_size],
-                                    device=logits.device, dtype=logits.dtype)
+                ids = self.device_tensor([t for t in bias if t < self.vocab_size], torch.long)
+                vals = self.device_tensor([bias[t] for t in bias if t < self.vocab_size],
+                                           logits.dtype)
                 logits[row].index_add_(0, ids, vals)
 
     def _apply_min_tokens(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         for row, seq in enumerate(seqs):
             if seq.num_output_tokens < seq.params.min_tokens:
                 banned = self.eos_token_ids + seq.params.stop_token_ids
-                logits[row, [t for t in banned if t < self.vocab_size]] = float("-inf")
+                ids = self.device_tensor([t for t in banned if t < self.vocab_size], torch.long)
+                logits[row].index_fill_(0, ids, float("-inf"))
 
     def _apply_penalties(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         rows = [
@@ -125,14 +152,14 @@ class Sampler:
         for row in rows:
             p = seqs[row].params
             seq = seqs[row]
-            out_ids = torch.tensor(seq.output_token_ids, dtype=torch.long, device=logits.device)
+            out_ids = self.device_tensor(seq.output_token_ids, torch.long)
             counts = torch.zeros(self.vocab_size, device=logits.device)
             counts.index_add_(0, out_ids, torch.ones_like(out_ids, dtype=counts.dtype))
             row_logits = logits[row]
             if p.repetition_penalty != 1.0:
                 seen = counts > 0
-                seen[torch.tensor(seq.token_ids[: seq.num_prompt_tokens], dtype=torch.long,
-                                  device=logits.device)] = True
+                seen[self.device_tensor(seq.token_ids[: seq.num_prompt_tokens],
+                                         torch.long)] = True
                 penalised = torch.where(row_logits > 0, row_logits / p.repetition_penalty,
                                         row_logits * p.repetition_penalty)
                 row_logits = torch.where(seen, penalised, row_logits)
@@ -154,9 +181,8 @@ class Sampler:
                           masked_rows: list[int]) -> None:
         if masked_rows:
             bitmask = self.bitmask[: len(masked_rows)]
-            rows = torch.tensor(masked_rows, dtype=torch.long)
-            apply_token_bitmask_(logits, bitmask.to(logits.device, non_blocking=True),
-                                 rows.to(logits.device))
+            rows = self.device_tensor(masked_rows, torch.long)
+            apply_token_bitmask_(logits, bitmask.to(logits.device, non_blocking=True), rows)
         for row, seq in enumerate(seqs):
             for fn in seq.params.logits_processors:
                 logits[row] = fn(seq.output_token_ids, logits[row])
@@ -168,16 +194,16 @@ class Sampler:
         random_rows = [r for r, s in enumerate(seqs) if not s.params.is_greedy]
         if not random_rows:
             return greedy
-        index = torch.tensor(random_rows, device=logits.device)
+        index = self.device_tensor(random_rows, torch.long)
         sub = logits[index]
         params = [seqs[r].params for r in random_rows]
-        temps = torch.tensor([p.temperature for p in params], device=logits.device)
+        temps = self.device_tensor([p.temperature for p in params], logits.dtype)
         sub = sub / temps.unsqueeze(1)
-        sub = _filter_top_k_top_p(sub, params)
+        sub = _filter_top_k_top_p(sub, params, self.device_tensor)
         probs = torch.softmax(sub, dim=-1)
         min_ps = [p.min_p for p in params]
         if any(min_ps):
-            min_p = torch.tensor(min_ps, device=logits.device).unsqueeze(1)
+            min_p = self.device_tensor(min_ps, logits.dtype).unsqueeze(1)
             probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0)
         noise = torch.empty_like(probs)
         for i, r in enumerate(random_rows):
@@ -186,25 +212,9 @@ class Sampler:
         greedy[index] = sampled
         return greedy
 
-    def _gather_logprobs(self, raw: torch.Tensor | None, token_ids: torch.Tensor,
-                         seqs: list[Sequence]) -> list[TokenLogprob | None]:
-        out: list[TokenLogprob | None] = [None] * len(seqs)
-        if raw is None:
-            return out
-        for row, seq in enumerate(seqs):
-            k = seq.params.logprobs
-            if k is None:
-                continue
-            token = int(token_ids[row])
-            top: list[tuple[int, float]] = []
-            if k > 0:
-                values, ids = raw[row].topk(k)
-                top = list(zip(ids.tolist(), values.tolist(), strict=True))
-            out[row] = TokenLogprob(token, float(raw[row, token]), top)
-        return out
 
 
-def _filter_top_k_top_p(logits: torch.Tensor, params: list) -> torch.Tensor:
+def _filter_top_k_top_p(logits: torch.Tensor, params: list, to_device) -> torch.Tensor:
     """Mask tokens outside each row's top-k and top-p nucleus. logits: [R, V]."""
     vocab = logits.shape[-1]
     top_ks = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
@@ -213,9 +223,9 @@ def _filter_top_k_top_p(logits: torch.Tensor, params: list) -> torch.Tensor:
         return logits
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     ranks = torch.arange(vocab, device=logits.device).unsqueeze(0)
-    k = torch.tensor(top_ks, device=logits.device).unsqueeze(1)
+    k = to_device(top_ks, torch.long).unsqueeze(1)
     drop = ranks >= k
-    p = torch.tensor(top_ps, device=logits.device).unsqueeze(1)
+    p = to_device(top_ps, logits.dtype).unsqueeze(1)
     probs = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), dim=-1)
     cum_before = probs.cumsum(dim=-1) - probs  # mass of better tokens
     drop |= cum_before >= p
