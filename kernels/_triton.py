@@ -52,8 +52,9 @@ def use_triton(tensor: torch.Tensor) -> bool:
 class LazyKernel:
     """A Triton kernel compiled (or wrapped for the interpreter) at its first launch."""
 
-    def __init__(self, fn: Callable[..., None]) -> None:
+    def __init__(self, fn: Callable[..., None], do_not_specialize: tuple[str, ...] = ()) -> None:
         self.fn = fn
+        self.do_not_specialize = do_not_specialize
         self._kernel: Any = None
         self._interpreted: bool | None = None
         functools.update_wrapper(self, fn)
@@ -68,7 +69,7 @@ class LazyKernel:
 
                 self._kernel = InterpretedFunction(self.fn)
             else:
-                self._kernel = triton.jit(self.fn)
+                self._kernel = triton.jit(self.fn, do_not_specialize=self.do_not_specialize)
             self._interpreted = interpreting
         return self._kernel
 
@@ -76,9 +77,16 @@ class LazyKernel:
         return self._get()[grid]
 
 
-def jit(fn: Callable[..., None]) -> LazyKernel:
-    """Decorator: a Triton kernel whose compilation mode is fixed at first launch."""
-    return LazyKernel(fn)
+def jit(fn: Callable[..., None] | None = None, *, do_not_specialize: tuple[str, ...] = ()):
+    """Decorator: a Triton kernel whose compilation mode is fixed at first launch.
+
+    `do_not_specialize` names integer arguments that change from step to step (batch
+    offsets, split lengths, block-table widths): Triton would otherwise compile a variant
+    for each of their divisibility classes, some of them in the middle of serving.
+    """
+    if fn is None:
+        return lambda f: LazyKernel(f, do_not_specialize)
+    return LazyKernel(fn, do_not_specialize)
 
 
 def dot_dtype(dtype: torch.dtype) -> Any:

@@ -36,7 +36,7 @@ def merge_decode_splits_torch(
     return out
 
 
-@jit
+@jit(do_not_specialize=("partition", "num_splits"))
 def _merge_splits_kernel(
     part_out_ptr,
     part_lse_ptr,

@@ -80,7 +80,7 @@ def paged_decode_attention_torch(
     return out
 
 
-@jit
+@jit(do_not_specialize=("partition", "num_splits", "stride_bt"))
 def _decode_split_kernel(
     q_ptr,
     k_cache_ptr,

@@ -84,7 +84,7 @@ def paged_prefill_attention_torch(
     return out
 
 
-@jit
+@jit(do_not_specialize=("first_seq", "num_m_tiles", "stride_bt"))
 def _prefill_kernel(
     q_ptr,
     k_cache_ptr,
