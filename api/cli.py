@@ -71,6 +71,8 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--shape", _optional_str, None, "a built-in model shape for dummy weights (e.g. "
                                      "llama3-8b)"),
     ("--enforce-eager", parse_bool, None, "no CUDA graphs"),
+    ("--async-scheduling", parse_bool, None, "launch each step before reading back the "
+                                             "last one's tokens (default: on for CUDA)"),
     ("--seed", int, None, "engine seed"),
     ("--max-body-size", parse_size, DEFAULT_MAX_BODY_BYTES, "largest request body accepted "
                                                             "(413 above)"),
