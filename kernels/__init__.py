@@ -6,4 +6,8 @@ CPU tensors under `TRITON_INTERPRET=1`) and `X` (dispatch: Triton on CUDA, torch
 (`apply_token_bitmask_`), `rms_norm`, `rotary_embedding`. `triton_attention` holds
 `TritonAttentionBackend`, the attention backend built on them. Nothing is imported here, so
 that importing one kernel module stays cheap and free of import cycles with the engine.
+
+Native CPU kernels are C++ (`csrc/`), compiled on first use and loaded as torch ops by
+`cpu_extension` (`load_cpu_ops`); `paged_decode_attention_cpu` is the decode attention the
+torch backend uses on CPU. Without a compiler they are skipped and the torch paths run.
 """
