@@ -168,14 +168,18 @@ def main() -> None:
     ap.add_argument("--max-num-batched-tokens", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                    help="both systems' dtype (auto: bfloat16 on GPU, float32 on CPU)")
+                    help="both systems' dtype (auto: Corral's default for the device: bfloat16 on "
+                         "GPUs and on CPUs with native bfloat16, else float32)")
     ap.add_argument("--skip-transformers", action="store_true")
     ap.add_argument("--structured", action="store_true",
                     help="also run every request constrained by a JSON schema")
     args = ap.parse_args()
 
-    if args.dtype == "auto":
-        args.dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+    if args.dtype == "auto":  # Corral's own choice for the device, for both systems
+        from corral.engine.model_runner import pick_device, pick_dtype
+
+        picked = pick_dtype("auto", pick_device(args.device))
+        args.dtype = str(picked).removeprefix("torch.")
     dtype = getattr(torch, args.dtype)
     from transformers import AutoTokenizer
 

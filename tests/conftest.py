@@ -38,7 +38,7 @@ def llm(model_dir):
     """One shared engine on the real embedded model (default settings)."""
     from corral.engine import LLM
 
-    return LLM(max_model_len=4096)
+    return LLM(max_model_len=4096, dtype="float32")  # exact parity and batch invariance
 
 
 @pytest.fixture(scope="session")

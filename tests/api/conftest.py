@@ -57,7 +57,11 @@ def server(tmp_path_factory) -> Iterator[Server]:
            "CORRAL_API_KEY": API_KEY}
     cmd = [sys.executable, "-m", "corral.api.cli", "serve", "--port", str(port),
            "--max-model-len", "1024", "--kv-cache-memory", "96MiB", "--max-num-seqs", "16",
-           "--max-body-size", str(MAX_BODY_BYTES), "--log-level", "warning"]
+           "--max-body-size", str(MAX_BODY_BYTES), "--log-level", "warning",
+           # float32: tests compare outputs of repeated requests exactly, and in bfloat16 a
+           # prefix-cache hit (a shorter prefill) may round differently and flip a greedy
+           # choice.
+           "--dtype", "float32"]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 cwd=REPO_ROOT)

@@ -75,7 +75,7 @@ def test_async_scheduling_survives_preemption(llm, model_dir):
     prompts = [f"Count from {i} to {i + 30}:" for i in range(6)]
     params = SamplingParams(temperature=0, max_tokens=48, ignore_eos=True)
     expected = llm.generate(prompts, params)
-    small = LLM(num_blocks=14, max_model_len=256, async_scheduling=True)
+    small = LLM(num_blocks=14, max_model_len=256, async_scheduling=True, dtype="float32")
     got = small.generate(prompts, params)
     assert small.engine.scheduler.num_preemptions > 0
     _outputs_equal(expected, got)

@@ -29,7 +29,8 @@ def test_alone_equals_together(llm, prompts, together):
 
 def test_small_pool_preempts_and_matches(prompts, together):
     # 130 blocks of 16 hold the long prompt (~1.7k tokens) but not everything at once.
-    small = LLM(max_model_len=2048, num_blocks=130, max_num_batched_tokens=512)
+    small = LLM(max_model_len=2048, num_blocks=130, max_num_batched_tokens=512,
+                dtype="float32")
     outputs = small.generate(prompts, PARAMS)
     assert small.engine.scheduler.num_preemptions > 0
     assert [o.outputs[0].token_ids for o in outputs] == together
@@ -37,7 +38,7 @@ def test_small_pool_preempts_and_matches(prompts, together):
 
 
 def test_prefix_caching_off_matches(prompts, together):
-    plain = LLM(max_model_len=4096, enable_prefix_caching=False)
+    plain = LLM(max_model_len=4096, enable_prefix_caching=False, dtype="float32")
     assert [o.outputs[0].token_ids for o in plain.generate(prompts, PARAMS)] == together
     assert plain.engine.block_manager.prefix_cache_hits == 0
 

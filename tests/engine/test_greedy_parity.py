@@ -36,7 +36,7 @@ def test_long_prompt_needs_chunked_prefill(reference_outputs):
 
 def test_greedy_tokens_match_transformers(reference_outputs):
     # A 512-token step budget splits the long prompt over several steps (chunked prefill).
-    llm = LLM(max_model_len=4096, max_num_batched_tokens=512)
+    llm = LLM(max_model_len=4096, max_num_batched_tokens=512, dtype="float32")
     params = SamplingParams(temperature=0, max_tokens=NEW_TOKENS, min_tokens=NEW_TOKENS)
     outputs = llm.generate([p for p, _ in reference_outputs], params)
     for (prompt, expected), out in zip(reference_outputs, outputs, strict=True):

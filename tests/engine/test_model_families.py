@@ -63,7 +63,8 @@ def meta_for(seq_len_before: int, num_new: int, block_table: list[int], block_si
 ])
 def test_logits_match_transformers(tmp_path, family, tie, rope):
     reference = make_checkpoint(family, tmp_path, tie, rope)
-    runner = ModelRunner(EngineConfig(model=str(tmp_path), num_blocks=16, block_size=8),
+    runner = ModelRunner(EngineConfig(model=str(tmp_path), num_blocks=16, block_size=8,
+                                      dtype="float32"),
                          tmp_path, None, None)
     runner.allocate_kv_cache()
     torch.manual_seed(1)

@@ -82,7 +82,7 @@ def test_n_samples_share_the_prompt(llm, tokenizer):
 def test_samples_reuse_first_samples_blocks_without_prefix_cache(tokenizer):
     from corral.engine import LLM
 
-    llm = LLM(max_model_len=1024, enable_prefix_caching=False)
+    llm = LLM(max_model_len=1024, enable_prefix_caching=False, dtype="float32")
     prompt = chat(tokenizer, "Describe a sunny day in the park in detail, please.")
     out = llm.generate(prompt, SamplingParams(n=2, temperature=0, max_tokens=4))[0]
     assert out.metrics.num_cached_prompt_tokens >= 16
