@@ -187,11 +187,7 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         self.stats.num_preemptions = self.scheduler.num_preemptions
         if not batch.is_empty:
-            now = time.monotonic()
-            for item in batch.scheduled:
-                metrics = item.seq.request.metrics
-                if metrics.first_scheduled_time is None:
-                    metrics.first_scheduled_time = now
+            _mark_first_scheduled(batch)
             logits = self.runner.execute(batch)
             sampling = [item.seq for item in batch.scheduled if item.samples]
             lengths = [seq.num_tokens for seq in sampling]
@@ -248,11 +244,7 @@ class LLMEngine:
         logits = None
         sampling: list[tuple[Sequence, int]] = []
         if not batch.is_empty:
-            now = time.monotonic()
-            for item in batch.scheduled:
-                metrics = item.seq.request.metrics
-                if metrics.first_scheduled_time is None:
-                    metrics.first_scheduled_time = now
+            _mark_first_scheduled(batch)
             sampling = [(item.seq, item.seq.num_tokens) for item in batch.scheduled
                         if item.samples]
             logits = self.runner.execute(batch, self._pending_tokens())
@@ -472,3 +464,11 @@ def _drop_pending(seq: Sequence) -> bool:
     seq.num_pending_tokens = 0
     seq.last_token_pending = False
     return True
+
+
+def _mark_first_scheduled(batch: SchedulerOutput) -> None:
+    now = time.monotonic()
+    for item in batch.scheduled:
+        metrics = item.seq.request.metrics
+        if metrics.first_scheduled_time is None:
+            metrics.first_scheduled_time = now

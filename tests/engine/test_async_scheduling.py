@@ -9,7 +9,7 @@ import pytest
 
 from corral.engine import LLM, SamplingParams
 from corral.engine.sequence import PENDING_TOKEN
-from tests.engine.test_deferred_settle import requests
+from tests.engine.test_deferred_settle import params_for, requests
 
 
 def _outputs_equal(a, b) -> None:
@@ -42,13 +42,7 @@ def _both_ways(llm, prompts, params):
 @pytest.mark.parametrize("fast_forward", [False, True])
 def test_async_scheduling_keeps_grammar_and_stop_outputs(llm, tokenizer, fast_forward):
     reqs = requests(tokenizer)
-    params = [
-        SamplingParams(temperature=0, max_tokens=40, stop=[spec[5:]], fast_forward=fast_forward)
-        if isinstance(spec, str) else
-        SamplingParams(temperature=0, max_tokens=40, structured_outputs=spec,
-                       fast_forward=fast_forward)
-        for _, spec in reqs
-    ]
+    params = params_for(reqs, fast_forward)
     direct, ahead = _both_ways(llm, [p for p, _ in reqs], params)
     _outputs_equal(direct, ahead)
     assert ahead[4].outputs[0].stop_reason == "Paris"

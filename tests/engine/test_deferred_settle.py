@@ -31,16 +31,21 @@ def requests(tokenizer):
     ]
 
 
-@pytest.mark.parametrize("fast_forward", [False, True])
-def test_deferred_accept_gives_the_same_outputs(llm, tokenizer, fast_forward):
-    reqs = requests(tokenizer)
-    params = [
+def params_for(reqs, fast_forward: bool) -> list[SamplingParams]:
+    """Greedy params for `requests`: "stop:X" specs become stop strings, others grammars."""
+    return [
         SamplingParams(temperature=0, max_tokens=40, stop=[spec[5:]], fast_forward=fast_forward)
         if isinstance(spec, str) else
         SamplingParams(temperature=0, max_tokens=40, structured_outputs=spec,
                        fast_forward=fast_forward)
         for _, spec in reqs
     ]
+
+
+@pytest.mark.parametrize("fast_forward", [False, True])
+def test_deferred_accept_gives_the_same_outputs(llm, tokenizer, fast_forward):
+    reqs = requests(tokenizer)
+    params = params_for(reqs, fast_forward)
     prompts = [p for p, _ in reqs]
     engine = llm.engine
     assert engine.defer_grammar_accept is False and engine.defer_detokenize is False  # CPU
