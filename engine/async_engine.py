@@ -108,11 +108,11 @@ class AsyncLLMEngine:
 
     def grammar_stats(self) -> dict[str, list[float]]:
         """Samples since the last call: grammar compile seconds and mask-fill seconds."""
-        mask = self.engine.sampler.stats.mask_fill_seconds
-        self.engine.sampler.stats.mask_fill_seconds = []
+        stats = self.engine.grammar_step.stats
+        mask, stats.mask_fill_seconds = stats.mask_fill_seconds, []
         compile_times: list[float] = []
         grammar = self.engine._grammar
-        if grammar is not None and hasattr(grammar, "drain_compile_times"):
+        if grammar is not None:
             compile_times = grammar.drain_compile_times()
         return {"compile_seconds": compile_times, "mask_seconds": mask}
 

@@ -5,10 +5,13 @@ that fill packed token bitmasks; the grammar registry.
     compiled = compiler.compile(StructuredOutputsParams(json=schema))
     matcher = compiled.matcher()          # one per sequence
     matcher.fill_bitmask(bitmask, row); matcher.accept_token(token_id)
+    fill_bitmasks(matchers, bitmask); accept_tokens(matchers, token_ids)  # batched
 """
 
+from corral.grammars.batch import accept_tokens
 from corral.grammars.bitmask import fill_bitmasks
 from corral.grammars.compiler import GrammarCompiler
+from corral.grammars.draft_masks import fill_bitmasks_with_drafts
 from corral.grammars.matcher import CompiledGrammar, Matcher
 from corral.grammars.registry import GrammarRegistry, RegisteredGrammar
 from corral.grammars.spec import GrammarSpec, normalize_spec
@@ -20,6 +23,8 @@ __all__ = [
     "GrammarSpec",
     "Matcher",
     "RegisteredGrammar",
+    "accept_tokens",
     "fill_bitmasks",
+    "fill_bitmasks_with_drafts",
     "normalize_spec",
 ]

@@ -1,7 +1,9 @@
 """Filling the masks of a batch of matchers at once.
 
-llguidance matchers are filled by one `LLExecutor` call that computes the rows in parallel
-native threads without the GIL; other matchers fill their own rows.
+llguidance matchers are filled by one `LLExecutor` call and xgrammar matchers by one
+`BatchGrammarMatcher` call; both compute their rows in parallel native threads without the
+GIL, writing the same layout (bit `j` of word `i` of a row = token `32*i + j`). Other
+matchers fill their own rows.
 """
 
 from __future__ import annotations
@@ -12,12 +14,19 @@ from collections.abc import Sequence
 
 import llguidance
 import torch
+import xgrammar
 
 from corral.grammars.llguidance_backend import LLGuidanceMatcher
 from corral.grammars.matcher import Matcher
+from corral.grammars.xgrammar_matcher import XGrammarMatcher
 
 _executor: llguidance.LLExecutor | None = None
+_xgrammar_batch: xgrammar.BatchGrammarMatcher | None = None
 _executor_lock = threading.Lock()
+
+
+def _num_threads() -> int:
+    return max(1, int(os.environ.get("CORRAL_MASK_THREADS", min(8, os.cpu_count() or 1))))
 
 
 def mask_executor() -> llguidance.LLExecutor:
@@ -25,9 +34,17 @@ def mask_executor() -> llguidance.LLExecutor:
     global _executor
     with _executor_lock:
         if _executor is None:
-            threads = int(os.environ.get("CORRAL_MASK_THREADS", min(8, os.cpu_count() or 1)))
-            _executor = llguidance.LLExecutor(num_threads=max(1, threads))
+            _executor = llguidance.LLExecutor(num_threads=_num_threads())
         return _executor
+
+
+def xgrammar_batch() -> xgrammar.BatchGrammarMatcher:
+    """The process-wide xgrammar batch filler (threads as for `mask_executor`)."""
+    global _xgrammar_batch
+    with _executor_lock:
+        if _xgrammar_batch is None:
+            _xgrammar_batch = xgrammar.BatchGrammarMatcher(max_threads=_num_threads())
+        return _xgrammar_batch
 
 
 def fill_bitmasks(matchers: Sequence[Matcher], bitmask: torch.Tensor,
@@ -47,11 +64,32 @@ def fill_bitmasks(matchers: Sequence[Matcher], bitmask: torch.Tensor,
     if any(not 0 <= r < bitmask.shape[0] for r in rows) or len(set(rows)) != len(rows):
         raise ValueError(f"rows: must be distinct rows of the bitmask (0..{bitmask.shape[0] - 1})")
     batch = []
+    cached: list[tuple[LLGuidanceMatcher, int]] = []  # filled rows a mask cache may keep
+    first_row_at: dict[int, int] = {}  # cache node -> the row computing its mask
+    copies: list[tuple[int, int]] = []  # (row, row to copy it from) for shared states
+    xgr_matchers, xgr_rows = [], []
     for matcher, row in zip(matchers, rows, strict=True):
         if isinstance(matcher, LLGuidanceMatcher) and not matcher.is_error():
+            cache, node = matcher.mask_cache, matcher.cache_node
+            if cache is not None and node is not None:
+                if cache.lookup(node, bitmask[row]):
+                    continue
+                if id(node) in first_row_at:  # the same state twice in this batch
+                    copies.append((row, first_row_at[id(node)]))
+                    cache.shared()
+                    continue
+                first_row_at[id(node)] = row
+                cached.append((matcher, row))
             batch.append((matcher.inner, row))
+        elif isinstance(matcher, XGrammarMatcher) and matcher.is_live:
+            xgr_matchers.append(matcher.inner)
+            xgr_rows.append(row)
         else:
             matcher.fill_bitmask(bitmask, row)
+    if len(xgr_matchers) == 1:
+        xgr_matchers[0].fill_next_token_bitmask(bitmask, xgr_rows[0])
+    elif xgr_matchers:
+        xgrammar_batch().batch_fill_next_token_bitmask(xgr_matchers, bitmask, xgr_rows)
     if len(batch) == 1:
         matchers_row = batch[0]
         target = bitmask[matchers_row[1]]
@@ -60,3 +98,7 @@ def fill_bitmasks(matchers: Sequence[Matcher], bitmask: torch.Tensor,
         width_bytes = bitmask.shape[1] * 4
         mask_executor().unsafe_compute_mask_ptr(batch, bitmask.data_ptr(), width_bytes,
                                                 bitmask.shape[0])
+    for row, source in copies:
+        bitmask[row].copy_(bitmask[source])
+    for matcher, row in cached:
+        matcher.mask_cache.filled(matcher.cache_node, bitmask[row])

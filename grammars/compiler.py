@@ -15,8 +15,12 @@ from corral.grammars.matcher import CompiledGrammar
 from corral.grammars.outlines_backend import OutlinesBackend
 from corral.grammars.registry import GrammarRegistry
 from corral.grammars.spec import BACKENDS, GrammarSpec, normalize_spec
+from corral.grammars.xgrammar_backend import XGrammarBackend
 
 CacheKey = tuple[str, str, str, str]  # (kind, canonical text, backend, tokenizer fingerprint)
+START_COMPLETION_MAX_TOKENS = 1024
+START_COMPLETION_NODE_BUDGET = 2000
+Backend = LLGuidanceBackend | OutlinesBackend | XGrammarBackend
 
 
 class GrammarCompiler:
@@ -51,12 +55,18 @@ class GrammarCompiler:
             raise ValueError(f"max_workers: must be a positive integer (got {max_workers!r})")
         self.vocab_size = vocab_size
         self.eos_token_ids = list(eos_token_ids)
+        self._tokenizer = tokenizer
+        self._completion_vocab = None
+        self._vocab_lock = threading.Lock()
         self.default_backend = default_backend
         self.timeout = float(timeout)
         self._llguidance = LLGuidanceBackend(tokenizer, vocab_size, self.eos_token_ids,
                                              json_whitespace)
         self._outlines = OutlinesBackend(self._llguidance.lltok, vocab_size, self.eos_token_ids,
                                          json_whitespace)
+        self._xgrammar: XGrammarBackend | None = None  # built on first use (~0.2 s)
+        self._xgrammar_args = (tokenizer, vocab_size, self.eos_token_ids, json_whitespace)
+        self._xgrammar_lock = threading.Lock()
         self.tokenizer_fingerprint = _fingerprint(tokenizer, vocab_size, self.eos_token_ids)
         self._cache: OrderedDict[CacheKey, CompiledGrammar | ValueError] = OrderedDict()
         self._cache_size = cache_size
@@ -126,6 +136,19 @@ class GrammarCompiler:
         pool.submit(self._compile_now, resolved, key).add_done_callback(done)
         return outer
 
+    def drain_compile_times(self) -> list[float]:
+        """The compile seconds of every backend since the last drain; the samples are cleared.
+
+        Thread-safe: compile threads append without the lock (deque appends are atomic), each
+        sample is popped once, and the lock keeps concurrent drains from racing on a deque.
+        """
+        samples: list[float] = []
+        with self._lock:
+            for times in self.compile_times.values():
+                while times:
+                    samples.append(times.popleft())
+        return samples
+
     def shutdown(self) -> None:
         """Stop the compile pools (pending compiles are cancelled)."""
         for pool in self._pools.values():
@@ -138,6 +161,7 @@ class GrammarCompiler:
             result: CompiledGrammar | ValueError = CompiledGrammar(
                 spec.kind, spec.text, spec.backend, time.perf_counter() - start, factory)
             self.compile_times[spec.backend].append(result.compile_time_s)
+            result.start_completion = self._start_completion(factory())
         except ValueError as e:
             result = e
         except Exception as e:  # noqa: BLE001 - a backend crash refuses this spec only
@@ -149,6 +173,28 @@ class GrammarCompiler:
                 self._cache.popitem(last=False)
             self._inflight.pop(key, None)
         return result
+
+    def completion_vocab(self):
+        """The candidate tokens of completion searches for this tokenizer (built once)."""
+        from corral.grammars.completion import CompletionVocab
+
+        with self._vocab_lock:
+            if self._completion_vocab is None:
+                self._completion_vocab = CompletionVocab.from_tokenizer(
+                    self._tokenizer, self.vocab_size, self.eos_token_ids)
+            return self._completion_vocab
+
+    def _start_completion(self, matcher) -> list[int] | None:
+        """A short way to end the grammar from its start (for outputs that must close
+        before their token limit), searched once per grammar in the compile thread."""
+        from corral.grammars.completion import shortest_completion
+
+        try:
+            return shortest_completion(matcher, START_COMPLETION_MAX_TOKENS,
+                                       vocab=self.completion_vocab(),
+                                       node_budget=START_COMPLETION_NODE_BUDGET)
+        except Exception:  # noqa: BLE001 - unknown: the request then runs unsteered
+            return None
 
     def _expire(self, key: CacheKey, outer: Future) -> None:
         with self._lock:
@@ -166,7 +212,12 @@ class GrammarCompiler:
     def _key(self, spec: GrammarSpec) -> CacheKey:
         return (spec.kind, spec.text, spec.backend, self.tokenizer_fingerprint)
 
-    def _backend(self, name: str | None) -> LLGuidanceBackend | OutlinesBackend:
+    def _backend(self, name: str | None) -> Backend:
+        if name == "xgrammar":
+            with self._xgrammar_lock:
+                if self._xgrammar is None:
+                    self._xgrammar = XGrammarBackend(*self._xgrammar_args)
+                return self._xgrammar
         return self._outlines if name == "outlines" else self._llguidance
 
 

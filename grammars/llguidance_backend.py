@@ -15,6 +15,7 @@ import llguidance.hf
 import torch
 
 from corral.grammars.errors import grammar_error, json_schema_error
+from corral.grammars.mask_cache import MaskCache, Node
 from corral.grammars.matcher import Matcher
 from corral.grammars.schema_rewrite import prepared_schema
 from corral.grammars.spec import GrammarSpec
@@ -103,21 +104,45 @@ class LLGuidanceMatcher(Matcher):
 
     def __init__(self, inner: llguidance.LLMatcher, eos_token_ids: Sequence[int]) -> None:
         self.inner = inner
+        self.eos_token_ids = frozenset(eos_token_ids)
         self._eos_token_ids = list(eos_token_ids)
         self._num_accepted = 0
         # EOS accepted once the matcher had stopped: llguidance keeps no history entry for it.
         self._num_unrecorded_eos = 0
+        # With a shared mask cache: the trie node of each accepted prefix (see mask_cache.py).
+        self.mask_cache: MaskCache | None = None
+        self._path: list[Node | None] = []
+
+    def use_mask_cache(self, cache: MaskCache) -> None:
+        """Share `cache` (the grammar's) from the start; call before the first token."""
+        self.mask_cache = cache
+        self._path = [cache.root]
+
+    @property
+    def cache_node(self) -> Node | None:
+        """The mask cache's node of the current state (None: no cache or untracked)."""
+        return self._path[-1] if self._path else None
+
+    def is_eos_unrecorded(self, token_id: int) -> bool:
+        """Whether accepting `token_id` now leaves no history entry in llguidance."""
+        return token_id in self.eos_token_ids and self.inner.is_stopped()
+
+    def accepted(self, token_id: int, unrecorded: bool) -> None:
+        """Bookkeeping after `inner` consumed `token_id` (here or in a batched call)."""
+        self._num_accepted += 1
+        self._num_unrecorded_eos += unrecorded
+        if self.mask_cache is not None:
+            node = self._path[-1]
+            self._path.append(None if node is None else self.mask_cache.child(node, token_id))
 
     def accept_token(self, token_id: int) -> bool:
         token_id = int(token_id)
         if self.inner.is_error():
             return False
-        unrecorded = (token_id in self._eos_token_ids and self.inner.is_stopped()
-                      and not self.inner.is_error())
+        unrecorded = self.is_eos_unrecorded(token_id)
         ok = self.inner.consume_token(token_id)
         if ok:
-            self._num_accepted += 1
-            self._num_unrecorded_eos += unrecorded
+            self.accepted(token_id, unrecorded)
         return ok
 
     def rollback(self, num_tokens: int) -> None:
@@ -125,6 +150,8 @@ class LLGuidanceMatcher(Matcher):
             raise ValueError(
                 f"num_tokens: cannot roll back {num_tokens} of {self._num_accepted} tokens")
         self._num_accepted -= num_tokens
+        if self.mask_cache is not None and num_tokens:
+            del self._path[-num_tokens:]
         skipped = min(num_tokens, self._num_unrecorded_eos)
         self._num_unrecorded_eos -= skipped
         num_tokens -= skipped
@@ -136,7 +163,12 @@ class LLGuidanceMatcher(Matcher):
         if self.inner.is_error():
             fill_eos_only(target, self._eos_token_ids)
             return
+        cache, node = self.mask_cache, self.cache_node
+        if cache is not None and cache.lookup(node, target):
+            return
         self.inner.unsafe_compute_mask_ptr(target.data_ptr(), target.numel() * 4)
+        if cache is not None:
+            cache.filled(node, target)
 
     def is_terminated(self) -> bool:
         return self.inner.is_stopped() and not self.inner.is_error()
@@ -157,6 +189,11 @@ class LLGuidanceMatcher(Matcher):
 
     def can_end(self) -> bool:
         return self.inner.is_accepting() and not self.inner.is_error()
+
+    def validate_tokens(self, token_ids: list[int]) -> int:
+        if self.inner.is_error() or not token_ids:
+            return 0
+        return self.inner.validate_tokens(token_ids)
 
     @property
     def num_accepted(self) -> int:

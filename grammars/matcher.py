@@ -8,6 +8,7 @@ the sampler asks it to fill one row of a packed int32 bitmask `[rows, ceil(vocab
 from __future__ import annotations
 
 import abc
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,12 @@ class Matcher(abc.ABC):
         """True where EOS would be accepted now."""
         return False
 
+    def validate_tokens(self, token_ids: list[int]) -> int:
+        """How many leading `token_ids` the grammar would accept in a row from here, the
+        matcher left as it was (speculative drafts are checked with this). Backends that
+        cannot check without risking their state answer 0: no drafts."""
+        return 0
+
     @property
     def num_accepted(self) -> int:
         """Number of accepted tokens (EOS included) not rolled back."""
@@ -70,6 +77,8 @@ class CompiledGrammar:
 
     `kind` and `text` are the canonical spec, `backend` the backend that compiled it,
     `compile_time_s` the seconds its one compile took (cache hits return this same object).
+    `start_completion` is a short token sequence that ends the grammar from its start (see
+    `corral.grammars.completion`), found once after the compile; None if none was found.
     """
 
     kind: str
@@ -77,7 +86,25 @@ class CompiledGrammar:
     backend: str
     compile_time_s: float
     _factory: Any = field(repr=False)
+    start_completion: list[int] | None = None
+    # Masks shared by this grammar's matchers, from its second matcher on (mask_cache.py).
+    mask_cache: Any = field(default=None, repr=False)
+    num_matchers: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def matcher(self) -> Matcher:
         """A fresh matcher at the grammar's start, one per sequence."""
-        return self._factory()
+        matcher = self._factory()
+        use_cache = getattr(matcher, "use_mask_cache", None)
+        with self._lock:
+            self.num_matchers += 1
+            if use_cache is not None and self.mask_cache is None and self.num_matchers > 1:
+                from corral.grammars.mask_cache import MaskCache, shared_store
+
+                store = shared_store()
+                if store.max_bytes > 0:
+                    self.mask_cache = MaskCache(store)
+            cache = self.mask_cache
+        if use_cache is not None and cache is not None:
+            use_cache(cache)
+        return matcher

@@ -234,6 +234,22 @@ class OutlinesMatcher(Matcher):
         return self._error is None and not self._ended and \
             self._table.index.is_final_state(self._states[-1])
 
+    def validate_tokens(self, token_ids: list[int]) -> int:
+        if self._error is not None or self._ended:
+            return 0
+        index = self._table.index
+        state = self._states[-1]
+        count = 0
+        for token_id in token_ids:
+            if token_id in self._table.eos_token_ids:
+                count += int(index.is_final_state(state))
+                break
+            state = index.get_next_state(state, int(token_id))
+            if state is None:
+                break
+            count += 1
+        return count
+
     @property
     def num_accepted(self) -> int:
         return len(self._states) - 1

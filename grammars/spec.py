@@ -14,7 +14,7 @@ from typing import Any
 from corral.engine.sampling_params import StructuredOutputsParams
 from corral.grammars.schema_rewrite import ascii_digits_regex
 
-BACKENDS = ("llguidance", "outlines")
+BACKENDS = ("llguidance", "outlines", "xgrammar")
 KINDS = ("json", "json_object", "regex", "choice", "grammar", "grammar_name")
 
 MAX_SPEC_BYTES = 1_000_000  # a JSON schema, Lark grammar or choice list

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -44,3 +45,13 @@ def llm(model_dir):
 @pytest.fixture(scope="session")
 def tokenizer(llm):
     return llm.tokenizer
+
+
+@pytest.fixture(scope="session")
+def datasets_dir() -> Path:
+    """`<repo>/../shared/datasets`, or `$CORRAL_DATASETS`; skips when absent."""
+    default = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
+    path = Path(os.environ.get("CORRAL_DATASETS", default))
+    if not path.is_dir():
+        pytest.skip(f"test datasets not found at {path} (set CORRAL_DATASETS)")
+    return path

@@ -3,8 +3,9 @@
 The grammar is Lark text in llguidance's dialect (it starts with `%llguidance {}`): each
 function's arguments are embedded as `%json {schema}`, so every generated `arguments` value
 is valid against that function's `parameters` by construction, and the call text around it
-is fixed (see `call_format`). Every grammar ends: after the last allowed call only EOS may
-follow, and at most `max_parallel_calls` calls can be made.
+is fixed (see `call_format`). The schema first gets the exact-semantics rewrite that
+`response_format` schemas get (`grammars/schema_rewrite.py`). Every grammar ends: after the
+last allowed call only EOS may follow, and at most `max_parallel_calls` calls can be made.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import llguidance
 
 from corral.engine.sampling_params import StructuredOutputsParams
+from corral.grammars.schema_rewrite import rewrite_schema
 from corral.tools.call_format import (
     CALL_SEPARATOR,
     CALL_START,
@@ -105,7 +107,10 @@ def _regex_escape(text: str) -> str:
 
 
 def _arguments_schema(spec: FunctionSpec) -> dict[str, Any]:
-    schema = dict(spec.parameters)
+    """The schema compiled for `spec`'s arguments: `parameters` rewritten for exact semantics
+    (ECMA `pattern`s, exact `format`s; as `response_format` schemas are) plus the call layout.
+    """
+    schema = rewrite_schema(spec.parameters)
     schema["x-guidance"] = dict(JSON_LAYOUT)
     return schema
 

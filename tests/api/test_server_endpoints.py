@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 
 import httpx
 import numpy as np
@@ -128,6 +129,19 @@ def test_metrics_move(server, client):
                  "corral_num_preemptions_total", "corral_grammar_compile_seconds_count",
                  "corral_grammar_mask_seconds_count"):
         assert re.search(rf"^{name}", after, re.M), name
+
+
+def test_grammar_compile_seconds_observes_a_new_schema(server, client):
+    before = metric(scrape(server), "corral_grammar_compile_seconds_count")
+    probe = f"probe_{uuid.uuid4().hex[:8]}"  # a schema this server has not compiled yet
+    schema = {"type": "object", "properties": {probe: {"type": "integer"}},
+              "required": [probe], "additionalProperties": False}
+    client.chat.completions.create(
+        model="", messages=[{"role": "user", "content": "Give me a number."}], max_tokens=8,
+        temperature=0, response_format={"type": "json_schema",
+                                         "json_schema": {"name": "probe", "schema": schema}})
+    after = metric(scrape(server), "corral_grammar_compile_seconds_count")
+    assert after >= 1 and after > before
 
 
 def test_client_disconnect_aborts_and_frees_blocks(server):

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
 VOCAB_SIZE = 49152  # SmolLM2's logits width
@@ -27,13 +24,3 @@ def compiler(hf_tokenizer):
     compiler = GrammarCompiler(hf_tokenizer, VOCAB_SIZE, EOS_IDS)
     yield compiler
     compiler.shutdown()
-
-
-@pytest.fixture(scope="session")
-def datasets_dir() -> Path:
-    """`<repo>/../shared/datasets`, or `$CORRAL_DATASETS`; skips when absent."""
-    default = Path(__file__).resolve().parents[2] / ".." / "shared" / "datasets"
-    path = Path(os.environ.get("CORRAL_DATASETS", default))
-    if not path.is_dir():
-        pytest.skip(f"test datasets not found at {path} (set CORRAL_DATASETS)")
-    return path

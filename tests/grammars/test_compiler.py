@@ -65,7 +65,7 @@ def test_deadline_fails_the_future_with_timeout(hf_tokenizer):
 
 def test_constructor_validates_arguments(hf_tokenizer):
     with pytest.raises(ValueError, match="default_backend"):
-        GrammarCompiler(hf_tokenizer, VOCAB_SIZE, EOS_IDS, default_backend="xgrammar")
+        GrammarCompiler(hf_tokenizer, VOCAB_SIZE, EOS_IDS, default_backend="guidance")
     with pytest.raises(ValueError, match="eos_token_ids"):
         GrammarCompiler(hf_tokenizer, VOCAB_SIZE, [VOCAB_SIZE])
     with pytest.raises(ValueError, match="timeout"):
@@ -130,3 +130,38 @@ def test_registered_grammar_shared_by_concurrent_matchers(compiler, hf_tokenizer
         assert all(m.is_terminated() for m in matchers)
     finally:
         compiler.registry.unregister("yesno")
+
+
+def test_drain_compile_times_returns_and_clears_every_backend(compiler):
+    compiler.drain_compile_times()  # samples of earlier tests
+    compiler.compile(S(regex=r"drain-[0-9]{3}"))
+    compiler.compile(S(regex=r"drain-[0-9]{3}", backend="outlines"))
+    compiler.compile(S(regex=r"drain-[0-9]{3}"))  # a cache hit adds no sample
+    samples = compiler.drain_compile_times()
+    assert len(samples) == 2 and all(isinstance(s, float) and s >= 0 for s in samples)
+    assert compiler.drain_compile_times() == []
+
+
+def test_drain_compile_times_is_thread_safe(compiler):
+    compiler.drain_compile_times()
+    drained: list[float] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            got = compiler.drain_compile_times()
+            with lock:
+                drained.extend(got)
+
+    drainers = [threading.Thread(target=drain) for _ in range(3)]
+    for thread in drainers:
+        thread.start()
+    futures = [compiler.submit(S(regex=f"thread-safe-{i}-[a-z]+")) for i in range(20)]
+    for future in futures:
+        future.result(timeout=30)
+    stop.set()
+    for thread in drainers:
+        thread.join()
+    drained.extend(compiler.drain_compile_times())
+    assert len(drained) == 20  # each sample is returned exactly once

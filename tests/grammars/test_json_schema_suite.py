@@ -2,7 +2,8 @@
 
 Each valid instance must be accepted completely (then EOS); each invalid one must be refused
 somewhere or not be allowed to end. The default backend must never accept an invalid
-instance of a schema it compiled. Unsupported schemas are refused (counted apart).
+instance of a schema it compiled, nor may xgrammar. Unsupported schemas are refused (counted
+apart).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from .conftest import EOS_IDS, VOCAB_SIZE
 from .suite_stats import Agreement, is_slow_for_outlines
 
 OUTLINES_MAX_GROUPS = 120
+XGRAMMAR_MIN_COMPILED = 100
 
 
 def load_groups(datasets_dir, optional: bool):
@@ -72,3 +74,17 @@ def test_outlines_backend_is_sound_on_a_sample(hf_tokenizer, datasets_dir):
     print(f"\noutlines, draft2020-12 required (sample): {stats.summary()}")
     assert stats.counts["compiled"] >= 30
     assert stats.unsound == []
+
+
+@pytest.mark.parametrize("optional", [False, True], ids=["required", "optional"])
+def test_xgrammar_backend_never_accepts_an_invalid_instance(compiler, hf_tokenizer,
+                                                            datasets_dir, optional):
+    stats = run_suite(compiler, hf_tokenizer, load_groups(datasets_dir, optional), "xgrammar")
+    print(f"\nxgrammar, draft2020-12 {'optional' if optional else 'required'}: "
+          f"{stats.summary()}")
+    assert stats.counts["compiled"] >= (XGRAMMAR_MIN_COMPILED if not optional else 10)
+    assert stats.unsound == []
+    # Valid instances refused are layout (const key order, 1.0 for 1), a type xgrammar
+    # requires (`properties` without `type`) or characters JSON escapes in a pattern.
+    assert stats.counts["valid_accepted"] >= 0.75 * (stats.counts["valid_accepted"]
+                                                    + stats.counts["valid_rejected"])

@@ -1,4 +1,4 @@
-"""Each kind of constraint compiles and accepts exactly its language, on both backends."""
+"""Each kind of constraint compiles and accepts exactly its language, on every backend."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from corral.grammars import normalize_spec
 
 from .instances import accepts_text
 
-BACKENDS = ["llguidance", "outlines"]
+BACKENDS = ["llguidance", "outlines", "xgrammar"]
 
 DATE = r"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
 IPV4 = r"((25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
@@ -197,6 +197,7 @@ def test_outlines_enforces_what_it_accepts(compiler, hf_tokenizer):
 @pytest.mark.parametrize(("params", "message"), [
     (S(regex="a(b"), "structured_outputs.regex: invalid regex"),
     (S(regex="a(b", backend="outlines"), "structured_outputs.regex: invalid regex"),
+    (S(regex="a(b", backend="xgrammar"), "structured_outputs.regex: invalid regex"),
     (S(regex="x" * 20_001), "over the 20000 limit"),
     (S(json={"type": "string", "description": "x" * 1_000_001}), "byte limit"),
     (S(grammar_name="nope"), "unknown grammar 'nope'"),
@@ -212,7 +213,7 @@ def test_spec_normalisation():
     assert normalize_spec(S(json=Person)).kind == "json"
     assert normalize_spec(S(choice=["a|b", "c"])).text == r"(?:a\|b|c)"
     with pytest.raises(ValueError, match="structured_outputs.backend"):
-        normalize_spec(S(regex="a", backend="xgrammar"))
+        normalize_spec(S(regex="a", backend="guidance"))
     with pytest.raises(ValueError, match="structured_outputs.json"):
         normalize_spec(S(json=object()))
 

@@ -23,6 +23,7 @@ SCHEMA = {
 }
 TEXT = '{"name":"Bo","age":30,"tags":["a"]}'
 EOS = EOS_IDS[0]
+BACKENDS = ["llguidance", "outlines", "xgrammar"]
 
 
 def allowed_ids(matcher) -> torch.Tensor:
@@ -38,7 +39,7 @@ def replay(compiled, prefix: list[int]):
     return matcher
 
 
-@pytest.mark.parametrize("backend", ["llguidance", "outlines"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_bitmask_agrees_with_accept_token(compiler, hf_tokenizer, backend):
     compiled = compiler.compile(S(json=SCHEMA, backend=backend))
     ids = hf_tokenizer.encode(TEXT, add_special_tokens=False)
@@ -59,7 +60,7 @@ def test_bitmask_agrees_with_accept_token(compiler, hf_tokenizer, backend):
     assert matcher.is_terminated() and not matcher.is_error()
 
 
-@pytest.mark.parametrize("backend", ["llguidance", "outlines"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_every_allowed_token_is_accepted_at_a_state(compiler, hf_tokenizer, backend):
     compiled = compiler.compile(S(json=SCHEMA, backend=backend))
     prefix = hf_tokenizer.encode('{"name":"Bo","age":3', add_special_tokens=False)
@@ -71,7 +72,7 @@ def test_every_allowed_token_is_accepted_at_a_state(compiler, hf_tokenizer, back
         matcher.rollback(1)
 
 
-@pytest.mark.parametrize("backend", ["llguidance", "outlines"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_rollback_restores_state(compiler, hf_tokenizer, backend):
     compiled = compiler.compile(S(json=SCHEMA, backend=backend))
     ids = hf_tokenizer.encode(TEXT, add_special_tokens=False)
@@ -91,7 +92,7 @@ def test_rollback_restores_state(compiler, hf_tokenizer, backend):
         matcher.rollback(len(ids) + 5)
 
 
-@pytest.mark.parametrize("backend", ["llguidance", "outlines"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_refused_token_puts_matcher_in_error_and_mask_ends_it(compiler, hf_tokenizer, backend):
     compiled = compiler.compile(S(json=SCHEMA, backend=backend))
     matcher = compiled.matcher()
@@ -104,7 +105,7 @@ def test_refused_token_puts_matcher_in_error_and_mask_ends_it(compiler, hf_token
 
 
 def test_early_eos_is_refused(compiler, hf_tokenizer):
-    for backend in ("llguidance", "outlines"):
+    for backend in BACKENDS:
         matcher = compiler.compile(S(choice=["alpha", "beta"], backend=backend)).matcher()
         assert not matcher.accept_token(EOS)
         assert matcher.is_error()
@@ -128,7 +129,7 @@ def test_forced_tokens_fast_forward(compiler, hf_tokenizer):
     assert one_way.forced_tokens() == hf_tokenizer.encode("x", add_special_tokens=False)
 
 
-@pytest.mark.parametrize("backend", ["llguidance", "outlines"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_is_terminated_when_nothing_else_can_follow(compiler, hf_tokenizer, backend):
     matcher = compiler.compile(S(choice=["yes", "no"], backend=backend)).matcher()
     for token_id in hf_tokenizer.encode("yes", add_special_tokens=False):
@@ -139,22 +140,26 @@ def test_is_terminated_when_nothing_else_can_follow(compiler, hf_tokenizer, back
 
 def test_fill_bitmasks_batch_equals_rows(compiler, hf_tokenizer):
     specs = [S(json=SCHEMA), S(regex=r"[a-z]+"), S(json=SCHEMA, backend="outlines"),
-             S(choice=["yes", "no"]), S(json_object=True)]
+             S(choice=["yes", "no"]), S(json_object=True), S(json=SCHEMA, backend="xgrammar"),
+             S(regex=r"[a-z]+", backend="xgrammar"), S(choice=["yes", "no"], backend="xgrammar")]
     matchers = [compiler.compile(spec).matcher() for spec in specs]
     prefix = hf_tokenizer.encode('{"name":"', add_special_tokens=False)
     for token_id in prefix:
         assert matchers[0].accept_token(token_id)
+        assert matchers[5].accept_token(token_id)
     bad = hf_tokenizer.encode("!", add_special_tokens=False)[0]
-    assert not matchers[3].accept_token(bad)  # an errored matcher in the batch
-    rows = [4, 0, 2, 5, 1]
-    batch = torch.full((6, (VOCAB_SIZE + 31) // 32), 7, dtype=torch.int32)
+    assert not matchers[3].accept_token(bad)  # errored matchers in the batch
+    assert not matchers[7].accept_token(bad)
+    rows = [4, 0, 2, 5, 1, 8, 6, 7]
+    batch = torch.full((9, (VOCAB_SIZE + 31) // 32), 7, dtype=torch.int32)
     fill_bitmasks(matchers, batch, rows)
     for matcher, row in zip(matchers, rows, strict=True):
         single = allocate_bitmask(1, VOCAB_SIZE)
         matcher.fill_bitmask(single, 0)
         assert torch.equal(batch[row], single[0])
     assert torch.all(batch[3] == 7)  # rows not named are left alone
+    assert torch.equal(batch[0], batch[6])  # [a-z]+: both backends, one bit layout
     with pytest.raises(ValueError, match="rows"):
-        fill_bitmasks(matchers, batch, [0, 0, 1, 2, 3])
+        fill_bitmasks(matchers, batch, [0, 0, 1, 2, 3, 5, 6, 7])
     with pytest.raises(ValueError, match="bitmask"):
         fill_bitmasks(matchers, batch.to(torch.int64), rows)

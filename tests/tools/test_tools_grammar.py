@@ -155,3 +155,33 @@ def test_recursive_ref_schemas_are_enforced(ll_tokenizer, hf_tokenizer):
                          tool_call_constraint(tools, "required").grammar)
     assert check.accepts(format_call("walk", {"tree": {"v": 1, "kids": [{"v": 2, "kids": []}]}}))
     assert not check.accepts(format_call("walk", {"tree": {"v": 1, "kids": [{"v": "2"}]}}))
+
+
+def _single_tool_check(ll_tokenizer, hf_tokenizer, name, properties):
+    params = {"type": "object", "properties": properties, "required": sorted(properties),
+              "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": name, "parameters": params}}]
+    return GrammarCheck(ll_tokenizer, hf_tokenizer,
+                        tool_call_constraint(tools, "required").grammar)
+
+
+def test_date_format_in_arguments_checks_leap_years(ll_tokenizer, hf_tokenizer):
+    # The arguments schema gets the same exact-format rewrite as `response_format`.
+    check = _single_tool_check(ll_tokenizer, hf_tokenizer, "book",
+                               {"day": {"type": "string", "format": "date"}})
+    assert check.accepts(format_call("book", {"day": "2020-02-29"}))
+    assert check.accepts(format_call("book", {"day": "2000-02-29"}))
+    assert not check.accepts(format_call("book", {"day": "2021-02-29"}))
+    assert not check.accepts(format_call("book", {"day": "1900-02-29"}))
+
+
+@pytest.mark.parametrize(("pattern", "good", "bad"), [
+    ("^\\d+$", "123", "\u0663"),  # ECMA `\d` is ASCII only (U+0663 is an Arabic-Indic 3)
+    ("^a.b$", "a-b", "a\rb"),  # ECMA `.` excludes line terminators; Rust's takes `\r`
+    ("^\\S+$", "ab", "a\ufeffb"),  # ECMA `\s` includes U+FEFF, so `\S` refuses it
+])
+def test_pattern_in_arguments_has_ecma_semantics(ll_tokenizer, hf_tokenizer, pattern, good, bad):
+    check = _single_tool_check(ll_tokenizer, hf_tokenizer, "match",
+                               {"s": {"type": "string", "pattern": pattern}})
+    assert check.accepts(format_call("match", {"s": good}))
+    assert not check.accepts(format_call("match", {"s": bad}))

@@ -1,0 +1,64 @@
+"""Accepting one token per matcher for a whole batch in native batched calls.
+
+llguidance matchers go through one `LLExecutor.consume_token_par` call and xgrammar matchers
+through one `BatchGrammarMatcher.batch_accept_token` call (both native, without the GIL);
+other matchers accept their token one by one. The wrappers' own bookkeeping (accepted-token
+counts, error states) ends exactly as `accept_token` row by row would leave it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import xgrammar
+
+from corral.grammars.bitmask import mask_executor
+from corral.grammars.llguidance_backend import LLGuidanceMatcher
+from corral.grammars.matcher import Matcher
+from corral.grammars.xgrammar_matcher import XGrammarMatcher
+
+
+def accept_tokens(matchers: Sequence[Matcher], token_ids: Sequence[int]) -> list[bool]:
+    """Advance `matchers[i]` past `token_ids[i]` for every i; per matcher, whether allowed.
+
+    The same matcher must not appear twice (its rows would race).
+    """
+    if len(matchers) != len(token_ids):
+        raise ValueError(f"token_ids: {len(token_ids)} tokens for {len(matchers)} matchers")
+    results = [False] * len(matchers)
+    llg_rows: list[int] = []
+    llg_pairs: list[tuple] = []  # (llguidance matcher, token) for one native call
+    unrecorded: list[int] = []  # llg rows whose token is an EOS the matcher keeps no entry of
+    xgr: list[tuple[int, XGrammarMatcher, int]] = []  # (row, matcher, token)
+    for i, (matcher, token_id) in enumerate(zip(matchers, token_ids, strict=True)):
+        if type(matcher) is LLGuidanceMatcher:
+            if matcher.inner.is_error():
+                continue  # refuses every token (llguidance itself may take an EOS)
+            if token_id in matcher.eos_token_ids and matcher.is_eos_unrecorded(token_id):
+                unrecorded.append(len(llg_rows))
+            llg_rows.append(i)
+            llg_pairs.append((matcher.inner, token_id))
+        elif isinstance(matcher, XGrammarMatcher):
+            verdict = matcher.pre_accept(token_id)
+            if verdict is None:
+                xgr.append((i, matcher, token_id))
+            else:
+                results[i] = verdict
+        else:
+            results[i] = matcher.accept_token(token_id)
+    if len(llg_rows) == 1:
+        i = llg_rows[0]
+        results[i] = matchers[i].accept_token(token_ids[i])
+    elif llg_rows:
+        verdicts = mask_executor().consume_token_par(llg_pairs)
+        no_entry = set(unrecorded)
+        for k, (i, ok) in enumerate(zip(llg_rows, verdicts, strict=True)):
+            if ok:
+                matchers[i].accepted(token_ids[i], k in no_entry)
+                results[i] = True
+    if xgr:
+        verdicts = xgrammar.BatchGrammarMatcher.batch_accept_token(
+            [m.inner for _, m, _ in xgr], [t for _, _, t in xgr])
+        for (i, matcher, token_id), ok in zip(xgr, verdicts, strict=True):
+            results[i] = matcher.post_accept(token_id, ok)
+    return results
