@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-_GRAMMAR_BACKENDS = ("llguidance", "outlines")
+_GRAMMAR_BACKENDS = ("llguidance", "outlines", "xgrammar")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
 
@@ -18,8 +18,13 @@ class EngineConfig:
     `max_model_len` None means the model's own context length.
     `load_format="dummy"` gives random weights of the model's shape (benchmarks); `shape`
     names a built-in shape (e.g. "llama3-8b") to use with the model's tokenizer.
-    `async_scheduling` (None: on for CUDA) schedules and launches step N+1 before reading
-    back step N's sampled tokens, so the host work of a step overlaps the device's.
+    `async_scheduling` (None: on for CUDA unless speculating) schedules and launches step
+    N+1 before reading back step N's sampled tokens, so the host work of a step overlaps
+    the device's. `speculative="ngram"` drafts up to `num_speculative_tokens` tokens per
+    sequence and step (what the grammar forces, then n-gram matches in the prompt and
+    output) and verifies them in one forward pass; `fast_forward` alone drafts only the
+    tokens grammars force. `overlap_grammar` (None: on for CUDA) fills grammar masks on a
+    worker thread while the engine thread goes on.
     """
 
     model: str | None = None
@@ -45,6 +50,9 @@ class EngineConfig:
     enforce_eager: bool = False
     attention_backend: str = "auto"
     async_scheduling: bool | None = None
+    speculative: str | None = None
+    num_speculative_tokens: int = 4
+    overlap_grammar: bool | None = None
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, what: str) -> None:
@@ -69,6 +77,10 @@ class EngineConfig:
               "must be auto, cpu or cuda[:N]")
         check(self.attention_backend in ("auto", "torch", "triton"), "attention_backend",
               "must be auto, torch or triton")
+        check(self.speculative in (None, "ngram"), "speculative", "must be None or 'ngram'")
+        check(isinstance(self.num_speculative_tokens, int)
+              and 1 <= self.num_speculative_tokens <= 16, "num_speculative_tokens",
+              "must be an integer in 1..16")
         if not self.enable_chunked_prefill and self.max_model_len is not None:
             check(self.max_num_batched_tokens >= self.max_model_len, "max_num_batched_tokens",
                   "must cover max_model_len when chunked prefill is off")

@@ -15,7 +15,10 @@ class EngineStats:
     prefix_cache_hits: int = 0  # of which were found cached
     prompt_tokens_total: int = 0  # prompt tokens computed (cache hits excluded)
     generation_tokens_total: int = 0
-    forced_tokens_total: int = 0  # tokens appended by fast-forward without sampling
+    forced_tokens_total: int = 0  # tokens appended without sampling (grammar completions)
+    spec_draft_tokens_total: int = 0  # speculative drafts verified
+    spec_accepted_tokens_total: int = 0  # ... of which the model agreed with
+    num_decode_passes: int = 0  # sequence-steps that sampled (tokens per pass = gen / this)
 
     @property
     def prefix_cache_hit_rate(self) -> float:

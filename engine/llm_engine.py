@@ -4,6 +4,13 @@ Each step the scheduler picks what runs, the model runner computes it in one fla
 batch, the sampler picks the next tokens (grammar masks applied through the logits-processor
 hook), and the engine appends them, detokenizes, checks stop conditions and frees the blocks
 of finished sequences. Not thread-safe: `AsyncLLMEngine` drives it from one thread.
+
+Two loops share the same pieces. The synchronous loop (CPU, and speculative decoding)
+computes and samples a step before the next is scheduled; grammar masks are filled while
+the forward pass runs. The asynchronous loop (GPU) launches step N+1 before step N's tokens
+are read back, so everything the host does per step overlaps the device: the grammars
+accept step N's tokens and fill step N+1's masks while N+1's forward runs; only N+1's
+sampling waits for its masks.
 """
 
 from __future__ import annotations
@@ -17,18 +24,57 @@ import torch
 
 from .block_manager import BlockManager
 from .config import EngineConfig
+from .draft_proposer import DraftProposer
 from .engine_stats import EngineStats
+from .grammar_step import GrammarStepper, MaskJobs
 from .model_files import DEFAULT_MODEL_NAME, resolve_model_dir
 from .model_runner import ModelRunner, PendingTokens
 from .outputs import RequestOutput, TokenLogprob
 from .request import Request
-from .sampler import LaunchedSample, Sampler
+from .sampler import LaunchedSample, SampleBatch, Sampler, SamplerOutput
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler, SchedulerOutput
+from .scheduler import ScheduledSeq, Scheduler, SchedulerOutput
 from .sequence import PENDING_TOKEN, Sequence
+from .step_profile import NullProfiler, StepProfiler
+from .stop_checker import StopChecker
+from .structure_closer import StructureCloser
 from .tokenizer import eos_token_ids, load_tokenizer
 
 logger = logging.getLogger(__name__)
+
+TokenEntry = tuple[Sequence, list[int], list[TokenLogprob | None]]
+
+
+class SamplingPlan:
+    """The sampling rows of one step: one per sampling sequence, plus one per draft."""
+
+    def __init__(self, batch: SchedulerOutput):
+        self.items: list[tuple[ScheduledSeq, int]] = []  # (item, first row)
+        seqs: list[Sequence] = []
+        draft_ids: list[int] = []
+        offsets: list[int] = []
+        masked_rows: list[int] = []
+        self.jobs = MaskJobs()
+        self.lengths: list[int] = []  # each sampling sequence's length when planned
+        for item in batch.scheduled:
+            if not item.samples:
+                continue
+            seq = item.seq
+            drafts = seq.draft_token_ids[: item.num_draft_tokens]
+            first = len(seqs)
+            self.items.append((item, first))
+            self.lengths.append(seq.num_tokens)
+            for r in range(len(drafts) + 1):
+                seqs.append(seq)
+                draft_ids.append(drafts[r] if r < len(drafts) else -1)
+                offsets.append(r)
+            if seq.matcher is not None:
+                self.jobs.add(seq.matcher, drafts)
+                masked_rows.extend(range(first, first + len(drafts) + 1))
+        has_drafts = len(seqs) > len(self.items)
+        self.batch = SampleBatch(seqs, masked_rows, None,
+                                 draft_ids if has_drafts else None,
+                                 offsets if has_drafts else None)
 
 
 class LLMEngine:
@@ -39,7 +85,10 @@ class LLMEngine:
         model_dir = resolve_model_dir(config.model, need_config=config.shape is None)
         self.model_name = DEFAULT_MODEL_NAME if config.model is None else str(config.model)
         self.tokenizer = load_tokenizer(config.tokenizer or model_dir)
-        self.runner = ModelRunner(config, model_dir, len(self.tokenizer), config.max_model_len)
+        speculates = config.speculative is not None or config.fast_forward
+        draft_rows = 1 + config.num_speculative_tokens if speculates else 1
+        self.runner = ModelRunner(config, model_dir, len(self.tokenizer), config.max_model_len,
+                                  max_rows_per_seq=draft_rows)
         num_blocks = self.runner.allocate_kv_cache()
         self.num_kv_blocks = num_blocks
         self.max_model_len = min(self.runner.max_model_len, num_blocks * config.block_size)
@@ -49,30 +98,31 @@ class LLMEngine:
                                           config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs,
                                    config.max_num_batched_tokens, config.enable_chunked_prefill)
-        self.sampler = Sampler(self.vocab_size, self.eos_token_ids, config.max_num_seqs,
-                               self.runner.device, config.seed)
+        self.sampler = Sampler(self.vocab_size, self.eos_token_ids, self.runner.device,
+                               config.seed)
+        on_gpu = self.runner.device.type == "cuda"
+        overlap = config.overlap_grammar if config.overlap_grammar is not None else on_gpu
+        self.grammar_step = GrammarStepper(self.vocab_size, config.max_num_seqs * draft_rows,
+                                           pin_memory=on_gpu, overlap=overlap)
+        self.stats = EngineStats()
+        self.stop_checker = StopChecker(self.eos_token_ids, self.max_model_len,
+                                        self.scheduler, self.stats)
+        self.closer = StructureCloser(lambda: self.grammar.completion_vocab(),
+                                      self.max_model_len)
+        self.proposer = DraftProposer(config.num_speculative_tokens, self.eos_token_ids)
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
         self._arrivals = itertools.count()
         self._grammar: Any = None
-        on_gpu = self.runner.device.type == "cuda"
         # Async scheduling: step N+1 is scheduled and launched before step N's tokens are
-        # read back; they are then resolved while the device runs N+1 (grammars and texts
-        # see each token before the next sample is drawn, as in the synchronous loop).
+        # read back. Speculative decoding needs step N's tokens to draft step N+1, so it
+        # runs the synchronous loop.
         self.async_scheduling = (config.async_scheduling if config.async_scheduling is not None
-                                 else on_gpu)
-        # Synchronous loop on a GPU: grammars accept each sampled token during the next
-        # step's forward pass (a sequence whose grammar then completes wastes that one
-        # step's row), and likewise detokenization and stop strings (text then lags the
-        # tokens by one step).
-        self.defer_grammar_accept = on_gpu and not self.async_scheduling
-        self._pending_grammar: list[tuple[Sequence, int]] = []
-        self.defer_detokenize = on_gpu and not self.async_scheduling
-        self._pending_texts: list[Sequence] = []
-        self._in_flight: LaunchedSample | None = None
+                                 else on_gpu and not speculates)
+        self._in_flight: tuple[LaunchedSample, SamplingPlan] | None = None
         self.last_step_idle = False  # the last step neither computed nor resolved anything
-        self.stats = EngineStats()
-        if self.runner.device.type == "cuda":
+        self.profile: StepProfiler | NullProfiler = NullProfiler()
+        if on_gpu:
             self._warm_up()
         logger.info("model %s on %s (%s): %d KV blocks of %d tokens, max_model_len %d",
                     self.model_name, self.runner.device, self.runner.dtype, num_blocks,
@@ -96,8 +146,9 @@ class LLMEngine:
         self.add_request("corral-warm-up-mixed", prompt(len(lengths), min(300, limit)), params)
         while self.has_unfinished_requests():
             self.step()  # a prefill beside decodes, then decodes
-        self.stats = EngineStats()
-        self.sampler.stats.mask_fill_seconds.clear()
+        self.stats = self.stop_checker.stats = EngineStats()
+        self.grammar_step.stats.mask_fill_seconds.clear()
+        self.grammar_step.stats.accept_seconds.clear()
         self.block_manager.prefix_cache_queries = self.block_manager.prefix_cache_hits = 0
         logger.info("warm-up took %.1f s", time.perf_counter() - start)
 
@@ -179,123 +230,143 @@ class LLMEngine:
     def step(self, emit_unfinished: bool = True) -> list[RequestOutput]:
         """Run one iteration; returns outputs of the requests that changed (only of those
         that finished when `emit_unfinished` is False, as offline generation needs)."""
-        if self.async_scheduling:
-            return self._step_async(emit_unfinished)
+        self.profile.begin_step()
         touched: dict[str, Request] = {}
-        self._resolve_in_flight(touched)  # left by async scheduling, if just switched off
-        self._poll_grammars(touched)
-        batch = self.scheduler.schedule()
-        self.stats.num_preemptions = self.scheduler.num_preemptions
-        if not batch.is_empty:
-            _mark_first_scheduled(batch)
-            logits = self.runner.execute(batch)
-            sampling = [item.seq for item in batch.scheduled if item.samples]
-            lengths = [seq.num_tokens for seq in sampling]
-            # While the device computes, advance grammars and texts past last step's tokens.
-            self._settle_grammars(touched)
-            self._settle_texts(touched)
-            sampled = self.sampler(logits, sampling)
-            for item in batch.scheduled:
-                touched[item.seq.request.request_id] = item.seq.request
-                if item.seq.is_finished:
-                    continue
-                item.seq.num_computed_tokens += item.num_new_tokens
-                self.scheduler.register_computed_blocks(item.seq)
-                if item.seq.num_computed_tokens <= item.seq.num_prompt_tokens:
-                    self.stats.prompt_tokens_total += item.num_new_tokens
-            now = time.monotonic()
-            for seq, length, token, logprob in zip(sampling, lengths, sampled.token_ids,
-                                                   sampled.logprobs, strict=True):
-                # A sequence the grammar settle finished or extended drops this sample.
-                if not seq.is_finished and seq.num_tokens == length:
-                    self._append_sampled(seq, token, logprob, now)
+        if self.async_scheduling:
+            self._step_async(touched)
         else:
-            self._settle_grammars(touched)
-            self._settle_texts(touched)
-        self.last_step_idle = batch.is_empty and not touched
-        return self._collect_outputs(touched, emit_unfinished)
-
-    def _collect_outputs(self, touched: dict[str, Request], emit_unfinished: bool
-                         ) -> list[RequestOutput]:
-        outputs = []
-        for request_id, request in touched.items():
-            if emit_unfinished or request.is_finished:
-                outputs.append(request.make_output())
-            if request.is_finished:
-                request.metrics.finished_time = time.monotonic()
-                self.requests.pop(request_id, None)
+            self._step_sync(touched)
+        outputs = self._collect_outputs(touched, emit_unfinished)
+        self.profile.mark("outputs")
         return outputs
 
-    def _step_async(self, emit_unfinished: bool) -> list[RequestOutput]:
+    def _step_sync(self, touched: dict[str, Request]) -> None:
+        """Draft, schedule, compute, sample and resolve one step."""
+        prof = self.profile
+        resolved = self._resolve_in_flight(touched)  # left by async scheduling, if switched
+        self._poll_grammars(touched)
+        self._propose_drafts()
+        prof.mark("draft")
+        batch = self.scheduler.schedule()
+        self.stats.num_preemptions = self.scheduler.num_preemptions
+        prof.mark("schedule")
+        if batch.is_empty:
+            self.last_step_idle = not resolved and not touched
+            return
+        _mark_first_scheduled(batch)
+        plan = SamplingPlan(batch)
+        self.grammar_step.start_fill(plan.jobs)
+        prof.note_batch(len(batch.scheduled), batch.num_batched_tokens)
+        prof.note_masked(plan.jobs.num_rows)
+        prof.device_point("forward_start")
+        start = time.perf_counter()
+        logits = self.runner.execute(batch)
+        prof.note_cpu_forward(time.perf_counter() - start)
+        prof.device_point("forward_end")
+        prof.mark("forward")
+        self._fail_unfilled(self.grammar_step.wait_fill(), touched)
+        prof.mark("masks")
+        prof.device_point("sample_start")
+        plan.batch.bitmask = self.grammar_step.bitmask
+        sampled = self.sampler.read(self.sampler.launch(logits, plan.batch))
+        prof.device_point("sample_end")
+        prof.mark("sample")
+        self._advance(batch, touched)
+        entries = self._verified_tokens(plan, sampled)
+        self._accept_grammar(entries)
+        prof.mark("accept")
+        self._append(entries, touched)
+        self._close_near_limit(entries)
+        prof.mark("resolve")
+        for item in batch.scheduled:
+            item.seq.draft_token_ids = []
+        self.last_step_idle = False
+
+    def _step_async(self, touched: dict[str, Request]) -> None:
         """One iteration with async scheduling.
 
         Order: schedule and launch step N+1 (a sequence whose step-N token is still on the
-        device takes it from there), then read step N's tokens back and resolve them (append,
-        grammar accept, detokenize, stop checks) while the device computes N+1, then launch
-        N+1's sampling and leave its tokens pending. A sequence that step N finishes wastes
-        its row of N+1 (its KV write lands past its end, in blocks it no longer holds, and
-        is ordered before any later use of them)."""
-        touched: dict[str, Request] = {}
+        device takes it from there), then read step N's tokens back; the grammars accept
+        them and fill N+1's masks on a worker thread while this thread appends, detokenizes
+        and checks stop conditions, all during N+1's forward pass; then N+1's sampling is
+        launched and its tokens left pending. A sequence that step N finishes wastes its
+        row of N+1 (its KV write lands past its end, in blocks it no longer holds, and is
+        ordered before any later use of them)."""
+        prof = self.profile
         self._poll_grammars(touched)
-        self._settle_grammars(touched)  # leftovers from a synchronous step, if any
-        self._settle_texts(touched)
         batch = self.scheduler.schedule()
         self.stats.num_preemptions = self.scheduler.num_preemptions
-        logits = None
-        sampling: list[tuple[Sequence, int]] = []
+        prof.mark("schedule")
+        plan = logits = None
         if not batch.is_empty:
             _mark_first_scheduled(batch)
-            sampling = [(item.seq, item.seq.num_tokens) for item in batch.scheduled
-                        if item.samples]
+            plan = SamplingPlan(batch)
+            prof.note_batch(len(batch.scheduled), batch.num_batched_tokens)
+            prof.note_masked(plan.jobs.num_rows)
+            prof.device_point("forward_start")
             logits = self.runner.execute(batch, self._pending_tokens())
-        resolved = self._resolve_in_flight(touched)
+            prof.device_point("forward_end")
+            prof.mark("forward")
+        resolved = self._resolve_in_flight(touched, plan.jobs if plan else None)
         if logits is not None:
-            self._launch_sampling(batch, sampling, logits, touched)
+            self._fail_unfilled(self.grammar_step.wait_fill(), touched)
+            prof.mark("masks")
+            self._advance(batch, touched)
+            self._launch_sampling(plan, logits)
+            prof.mark("sample")
         self.last_step_idle = batch.is_empty and not resolved and not touched
-        return self._collect_outputs(touched, emit_unfinished)
 
     def _pending_tokens(self) -> PendingTokens | None:
-        launched = self._in_flight
-        if launched is None:
+        if self._in_flight is None:
             return None
-        rows = {seq.seq_id: row for row, seq in enumerate(launched.seqs)}
+        launched = self._in_flight[0]
+        rows = {seq.seq_id: row for row, seq in enumerate(launched.seqs)
+                if seq.num_pending_tokens}
         return PendingTokens(launched.token_ids, rows)
 
-    def _resolve_in_flight(self, touched: dict[str, Request]) -> bool:
-        """Read back the last launched sample and append its tokens."""
-        launched, self._in_flight = self._in_flight, None
-        if launched is None:
+    def _resolve_in_flight(self, touched: dict[str, Request],
+                           next_jobs: MaskJobs | None = None) -> bool:
+        """Read back the last launched sample and resolve its tokens; start filling the
+        next step's masks (`next_jobs`) as soon as the grammars have accepted them."""
+        prof = self.profile
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            if next_jobs is not None:
+                self.grammar_step.start_fill(next_jobs)
             return False
+        launched, plan = in_flight
         sampled = self.sampler.read(launched)
-        now = time.monotonic()
-        for seq, token, logprob in zip(launched.seqs, sampled.token_ids, sampled.logprobs,
-                                       strict=True):
+        prof.mark("wait_device")
+        entries = []
+        for (item, row), _ in zip(plan.items, plan.lengths, strict=True):
+            seq = item.seq
             if _drop_pending(seq) and not seq.is_finished:
-                touched[seq.request.request_id] = seq.request
-                self._append_sampled(seq, token, logprob, now)
+                entries.append((seq, [sampled.token_ids[row]], [sampled.logprobs[row]]))
+        self._accept_grammar(entries)
+        prof.mark("accept")
+        if next_jobs is not None:
+            self.grammar_step.start_fill(next_jobs)
+        self._append(entries, touched)
+        prof.mark("resolve")
+        if next_jobs is not None:
+            # The matchers are the worker's until the fill is done.
+            self._fail_unfilled(self.grammar_step.wait_fill(), touched)
+            prof.mark("masks")
+        self._close_near_limit(entries)
         return True
 
-    def _launch_sampling(self, batch: SchedulerOutput, sampling: list[tuple[Sequence, int]],
-                         logits, touched: dict[str, Request]) -> None:
-        for item in batch.scheduled:
-            seq = item.seq
-            touched[seq.request.request_id] = seq.request
-            if seq.is_finished:
-                continue
-            seq.num_computed_tokens += item.num_new_tokens
-            self.scheduler.register_computed_blocks(seq)
-            if seq.num_computed_tokens <= seq.num_prompt_tokens:
-                self.stats.prompt_tokens_total += item.num_new_tokens
-        # Rows whose sequence the resolution finished or extended (fast-forward) drop out.
-        keep = [row for row, (seq, length) in enumerate(sampling)
-                if not seq.is_finished and seq.num_tokens == length]
-        if not keep:
+    def _launch_sampling(self, plan: SamplingPlan, logits: torch.Tensor) -> None:
+        """Queue the sampling of step N+1; its tokens stay pending on the device."""
+        live = [item.seq for (item, _), length in zip(plan.items, plan.lengths, strict=True)
+                if not item.seq.is_finished and item.seq.num_tokens == length]
+        if not live:
             return
-        if len(keep) < len(sampling):
-            logits = logits[self.sampler.device_tensor(keep, torch.long)]
-        seqs = [sampling[row][0] for row in keep]
-        self._in_flight = self.sampler.launch(logits, seqs)
-        for seq in seqs:
+        self.profile.device_point("sample_start")
+        plan.batch.bitmask = self.grammar_step.bitmask
+        launched = self.sampler.launch(logits, plan.batch)
+        self.profile.device_point("sample_end")
+        self._in_flight = (launched, plan)
+        for seq in live:
             seq.token_ids.append(PENDING_TOKEN)
             seq.num_pending_tokens = 1
             params = seq.params
@@ -303,6 +374,106 @@ class LLMEngine:
             seq.last_token_pending = (
                 (params.max_tokens is not None and seq.num_output_tokens + 1 >= params.max_tokens)
                 or seq.num_tokens >= self.max_model_len)
+
+    def _advance(self, batch: SchedulerOutput, touched: dict[str, Request]) -> None:
+        """Count this step's computed tokens (a sequence with drafts counts only its last
+        token here; `_verified_tokens` adds the drafts it keeps) and register full blocks."""
+        for item in batch.scheduled:
+            seq = item.seq
+            touched[seq.request.request_id] = seq.request
+            if seq.is_finished:
+                continue
+            seq.num_computed_tokens += item.num_new_tokens - item.num_draft_tokens
+            self.scheduler.register_computed_blocks(seq)
+            if seq.num_computed_tokens <= seq.num_prompt_tokens:
+                self.stats.prompt_tokens_total += item.num_new_tokens
+
+    def _verified_tokens(self, plan: SamplingPlan, sampled: SamplerOutput) -> list[TokenEntry]:
+        """Per sampling sequence, the tokens it keeps: the drafts the model agrees with (in
+        order, up to the first it does not) and one sampled token after them."""
+        entries: list[TokenEntry] = []
+        drafts = plan.batch.draft_ids
+        for item, first in plan.items:
+            seq = item.seq
+            if seq.is_finished:
+                continue
+            row = first
+            if drafts is not None:
+                last = first + item.num_draft_tokens
+                while row < last and sampled.accepted[row]:
+                    row += 1
+                num_kept = row - first
+                if item.num_draft_tokens:
+                    seq.num_draft_tokens_total += item.num_draft_tokens
+                    seq.num_accepted_draft_tokens_total += num_kept
+                    self.stats.spec_draft_tokens_total += item.num_draft_tokens
+                    self.stats.spec_accepted_tokens_total += num_kept
+                    seq.num_computed_tokens += num_kept
+                    self.scheduler.register_computed_blocks(seq)
+                tokens = drafts[first:row] + [sampled.token_ids[row]]
+            else:
+                tokens = [sampled.token_ids[row]]
+            self.stats.num_decode_passes += 1
+            entries.append((seq, tokens, sampled.logprobs[first : first + len(tokens)]))
+        return entries
+
+    def _accept_grammar(self, entries: list[TokenEntry]) -> None:
+        """The grammars accept each sequence's new tokens, in one batched call."""
+        constrained = [(seq, tokens) for seq, tokens, _ in entries if seq.matcher is not None]
+        if not constrained:
+            return
+        ok = self.grammar_step.accept([seq.matcher for seq, _ in constrained],
+                                      [tokens for _, tokens in constrained])
+        for (seq, tokens), accepted in zip(constrained, ok, strict=True):
+            if not accepted and not seq.is_finished:
+                self._fail(seq.request, f"structured_outputs: grammar rejected token "
+                                        f"{tokens} ({seq.matcher.error_message})")
+
+    def _append(self, entries: list[TokenEntry], touched: dict[str, Request]) -> None:
+        now = time.monotonic()
+        for seq, tokens, logprobs in entries:
+            if seq.is_finished:
+                continue
+            touched[seq.request.request_id] = seq.request
+            metrics = seq.request.metrics
+            if metrics.first_token_time is None:
+                metrics.first_token_time = now
+            metrics.last_token_time = now
+            self.stop_checker.append(seq, tokens, logprobs)
+
+    def _close_near_limit(self, entries: list[TokenEntry]) -> None:
+        """Steer constrained sequences near their token limit to a valid end."""
+        for seq, _, _ in entries:
+            if seq.matcher is not None and not seq.is_finished:
+                self.closer.check(seq, self.stop_checker)
+
+    def _propose_drafts(self) -> None:
+        """Drafts for the running decodes (synchronous loop only): the tokens grammars
+        force (`fast_forward`), then n-gram matches (`speculative`)."""
+        config = self.config
+        default_forced = config.fast_forward or config.speculative is not None
+        for seq in self.scheduler.running:
+            if seq.num_uncomputed_tokens != 1 or seq.num_pending_tokens:
+                continue
+            params = seq.params
+            if seq.logprobs is not None or _has_penalties(params):
+                continue
+            use_forced = (params.fast_forward if params.fast_forward is not None
+                          else default_forced) and seq.matcher is not None
+            use_ngram = config.speculative == "ngram" and params.speculative is not False
+            if use_forced or use_ngram:
+                seq.draft_token_ids = self.proposer.propose(seq, use_forced, use_ngram)
+
+    def _fail_unfilled(self, failed: list, touched: dict[str, Request]) -> None:
+        """Fail the requests whose matchers could not fill their masks."""
+        if not failed:
+            return
+        matchers = {id(m) for m in failed}
+        for request in list(self.requests.values()):
+            for seq in request.seqs:
+                if seq.matcher is not None and id(seq.matcher) in matchers:
+                    self._fail(request, "structured_outputs: the grammar failed to fill a mask")
+                    touched[request.request_id] = request
 
     def _poll_grammars(self, touched: dict[str, Request]) -> None:
         for request in list(self.requests.values()):
@@ -317,6 +488,9 @@ class LLMEngine:
                 continue
             for seq in request.seqs:
                 seq.matcher = request.compiled_grammar.matcher()
+                self.closer.start(seq, self.stop_checker)
+                if seq.is_finished:
+                    touched[request.request_id] = request
 
     def _fail(self, request: Request, message: str) -> None:
         request.error = message
@@ -326,118 +500,16 @@ class LLMEngine:
                 _drop_pending(seq)
                 self.scheduler.finish(seq)
 
-    def _append_sampled(self, seq: Sequence, token: int, logprob: TokenLogprob | None,
-                        now: float) -> None:
-        metrics = seq.request.metrics
-        if metrics.first_token_time is None:
-            metrics.first_token_time = now
-        metrics.last_token_time = now
-        seq.num_sampled_tokens += 1
-        if seq.logprobs is not None and logprob is not None:
-            seq.logprobs.append(logprob)
-        if seq.matcher is not None and self.defer_grammar_accept and not self.async_scheduling:
-            self._append_token(seq, token, accept=False)
-            if not seq.is_finished:
-                self._pending_grammar.append((seq, token))
-            return
-        self._append_token(seq, token)
-        self._fast_forward_tokens(seq)
-
-    def _settle_grammars(self, touched: dict[str, Request]) -> None:
-        """Feed last step's sampled tokens to their grammars (deferred accept)."""
-        pending, self._pending_grammar = self._pending_grammar, []
-        for seq, token in pending:
-            if seq.is_finished:
-                continue
-            touched[seq.request.request_id] = seq.request
-            if not seq.matcher.accept_token(token):
-                self._fail(seq.request, f"structured_outputs: grammar rejected token {token} "
-                                        f"({getattr(seq.matcher, 'error_message', None)})")
-            elif seq.matcher.is_terminated():
-                seq.finish_reason = "stop"
-                self.scheduler.finish(seq)
-            else:
-                self._fast_forward_tokens(seq)
-
-    def _fast_forward_tokens(self, seq: Sequence) -> None:
-        """Append the tokens the grammar forces next, if fast-forward is on."""
-        if seq.is_finished or seq.matcher is None or not self._fast_forward(seq):
-            return
-        for forced in seq.matcher.forced_tokens():
-            if seq.is_finished:
-                break
-            seq.num_forced_tokens += 1
-            self.stats.forced_tokens_total += 1
-            self._append_token(seq, forced)
-
-    def _fast_forward(self, seq: Sequence) -> bool:
-        enabled = seq.params.fast_forward
-        if enabled is None:
-            enabled = self.config.fast_forward
-        return enabled and seq.logprobs is None
-
-    def _append_token(self, seq: Sequence, token: int, accept: bool = True) -> None:
-        """Append one token (sampled or forced) and settle the sequence's fate.
-
-        With `accept=False` the grammar sees the token later (`_settle_grammars`). With
-        deferred detokenization, a sequence that goes on gets its text (and stop-string
-        check) in the next step's overlap window (`_settle_texts`)."""
-        seq.token_ids.append(token)
-        self.stats.generation_tokens_total += 1
-        params = seq.params
-        if accept and seq.matcher is not None and not seq.matcher.accept_token(token):
-            self._fail(seq.request, f"structured_outputs: grammar rejected token {token} "
-                                    f"({getattr(seq.matcher, 'error_message', None)})")
-            return
-        past_min = seq.num_output_tokens > params.min_tokens
-        reason: str | None = None
-        check_stops = True  # stop strings outrank everything but EOS and stop token ids
-        if token in self.eos_token_ids and not params.ignore_eos and past_min:
-            reason, check_stops = "stop", False
-        elif token in params.stop_token_ids and past_min:
-            reason, seq.stop_reason, check_stops = "stop", token, False
-        elif accept and seq.matcher is not None and seq.matcher.is_terminated():
-            reason = "stop"
-        elif params.max_tokens is not None and seq.num_output_tokens >= params.max_tokens:
-            reason = "length"
-        elif seq.num_tokens >= self.max_model_len:
-            reason = "length"
-        if reason is None and self.defer_detokenize and not self.async_scheduling:
-            self._pending_texts.append(seq)
-            return
-        if self._update_text(seq, check_stops):
-            reason = "stop"
-        if reason is not None:
-            seq.finish_reason = reason
-            self.scheduler.finish(seq)
-
-    def _update_text(self, seq: Sequence, check_stops: bool) -> bool:
-        """Detokenize new tokens; True if a stop string ended the text."""
-        seq.detokenizer.update(seq.token_ids)
-        params = seq.params
-        return (check_stops and bool(params.stop)
-                and seq.num_output_tokens > params.min_tokens and self._check_stop_strings(seq))
-
-    def _settle_texts(self, touched: dict[str, Request]) -> None:
-        """Detokenize the tokens appended last step and apply stop strings."""
-        pending, self._pending_texts = self._pending_texts, []
-        for seq in pending:
-            if seq.finish_reason == "abort":
-                continue
-            touched[seq.request.request_id] = seq.request
-            if self._update_text(seq, check_stops=True) and not seq.is_finished:
-                seq.finish_reason = "stop"
-                self.scheduler.finish(seq)
-
-    def _check_stop_strings(self, seq: Sequence) -> bool:
-        text = seq.detokenizer.text
-        for stop in seq.params.stop:
-            index = text.find(stop)
-            if index != -1:
-                seq.detokenizer.text = text[:index]
-                seq.stop_reason = stop
-                return True
-        return False
+    def _collect_outputs(self, touched: dict[str, Request], emit_unfinished: bool
+                         ) -> list[RequestOutput]:
+        outputs = []
+        for request_id, request in touched.items():
+            if emit_unfinished or request.is_finished:
+                outputs.append(request.make_output())
+            if request.is_finished:
+                request.metrics.finished_time = time.monotonic()
+                self.requests.pop(request_id, None)
+        return outputs
 
     # ---- stats ------------------------------------------------------------------------
 
@@ -452,8 +524,14 @@ class LLMEngine:
         return s
 
     def shutdown(self) -> None:
+        self.grammar_step.shutdown()
         if self._grammar is not None:
             self._grammar.shutdown()
+
+
+def _has_penalties(params: SamplingParams) -> bool:
+    return bool(params.presence_penalty or params.frequency_penalty
+                or params.repetition_penalty != 1.0 or params.logits_processors)
 
 
 def _drop_pending(seq: Sequence) -> bool:

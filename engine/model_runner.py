@@ -92,8 +92,10 @@ class ModelRunner:
     """Runs the model over flattened batches against the paged KV cache."""
 
     def __init__(self, config: EngineConfig, model_dir: Path, vocab_size_hint: int | None,
-                 max_model_len: int | None):
+                 max_model_len: int | None, max_rows_per_seq: int = 1):
         self.config = config
+        # A sequence verifying drafts is computed as one decode row per token.
+        self.max_rows_per_seq = max_rows_per_seq
         self.device = pick_device(config.device)
         self.dtype = pick_dtype(config.dtype, self.device)
         self.hf_config = load_config(model_dir, config.shape, vocab_size_hint)
@@ -145,7 +147,8 @@ class ModelRunner:
         self.num_blocks = num_blocks
         if self._use_cuda_graphs:
             max_blocks = (self.max_model_len + self.block_size - 1) // self.block_size
-            self.graphs = DecodeGraphs(self.model, self.kv_caches, self.config.max_num_seqs,
+            max_rows = self.config.max_num_seqs * self.max_rows_per_seq
+            self.graphs = DecodeGraphs(self.model, self.kv_caches, max_rows,
                                        max_blocks, self.max_model_len, self.device)
             self.graphs.capture()
         return num_blocks
@@ -214,6 +217,7 @@ class ModelRunner:
         num_decodes = 0
         fill_dst: list[int] = []  # input positions whose token is pending on the device
         fill_src: list[int] = []  # ... and its row in `pending.token_ids`
+        table_rows: list[int] = []  # per row of the batch, the sequence it reads blocks of
         for i, item in enumerate(batch.scheduled):
             seq, n = item.seq, item.num_new_tokens
             start = seq.num_computed_tokens
@@ -228,16 +232,43 @@ class ModelRunner:
                 input_ids.append(max(seq.token_ids[start], 0))
                 positions.append(start)
                 slots.append(table[start // bs] * bs + start % bs)
-                if num_decodes == i:
+                starts.append(starts[-1] + 1)
+                seq_lens.append(start + 1)
+                table_rows.append(i)
+                if item.samples:
+                    logits_indices.append(starts[-1] - 1)
+                if num_decodes == len(table_rows) - 1:
                     num_decodes += 1
-            else:
-                input_ids.extend(seq.token_ids[start : start + n])
-                positions.extend(range(start, start + n))
-                slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
+                continue
+            if item.is_decode:
+                # The last token and its drafts, each a decode row of its own: row r sits
+                # at position start + r and attends over the context up to itself (the
+                # drafts' keys and values are written before any row attends).
+                tokens = [max(seq.token_ids[start], 0), *seq.draft_token_ids[: n - 1]]
+                for r, token in enumerate(tokens):
+                    pos = start + r
+                    input_ids.append(token)
+                    positions.append(pos)
+                    slots.append(table[pos // bs] * bs + pos % bs)
+                    starts.append(starts[-1] + 1)
+                    seq_lens.append(pos + 1)
+                    table_rows.append(i)
+                    if item.samples:
+                        logits_indices.append(starts[-1] - 1)
+                if num_decodes == len(table_rows) - n:
+                    num_decodes += n
+                continue
+            input_ids.extend(seq.token_ids[start : start + n])
+            positions.extend(range(start, start + n))
+            slots.extend(table[p // bs] * bs + p % bs for p in range(start, start + n))
             starts.append(starts[-1] + n)
             seq_lens.append(start + n)
+            table_rows.append(i)
             if item.samples:
                 logits_indices.append(starts[-1] - 1)
+        if len(table_rows) != num_seqs:
+            block_tables = block_tables[table_rows]
+        num_rows = len(table_rows)
         num_tokens = starts[-1]
         host = np.concatenate([
             np.asarray(input_ids + positions + slots + starts + seq_lens + logits_indices
@@ -247,8 +278,8 @@ class ModelRunner:
         dev = torch.from_numpy(host)
         if self.device.type == "cuda":
             dev = self._to_device(dev)
-        sizes = [num_tokens, num_tokens, num_tokens, num_seqs + 1, num_seqs,
-                 len(logits_indices), len(fill_dst), len(fill_src), num_seqs * max_blocks]
+        sizes = [num_tokens, num_tokens, num_tokens, num_rows + 1, num_rows,
+                 len(logits_indices), len(fill_dst), len(fill_src), num_rows * max_blocks]
         (ids_t, pos_t, slots_t, starts_t, lens_t, logits_t, dst_t, src_t,
          tables_t) = dev.split(sizes)
         if fill_dst:
@@ -256,11 +287,12 @@ class ModelRunner:
         meta = AttentionMetadata(
             query_start_loc=starts_t.to(torch.int32),
             seq_lens=lens_t.to(torch.int32),
-            block_tables=tables_t.view(num_seqs, max_blocks).to(torch.int32),
+            block_tables=tables_t.view(num_rows, max_blocks).to(torch.int32),
             slot_mapping=slots_t,
             num_decodes=num_decodes,
             num_decode_tokens=num_decodes,
-            max_query_len=max(s.num_new_tokens for s in batch.scheduled),
+            max_query_len=max((s.num_new_tokens for s in batch.scheduled if not s.is_decode),
+                              default=1),
             max_seq_len=max(seq_lens),
             query_start_loc_cpu=starts,
             seq_lens_cpu=seq_lens,

@@ -8,7 +8,6 @@ some row of the batch uses it. Log-probabilities are those of the model's raw lo
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
@@ -16,15 +15,39 @@ import torch
 
 from corral.kernels.token_bitmask import apply_token_bitmask_
 
-from .logits_process import allocate_bitmask
 from .outputs import TokenLogprob
 from .sequence import Sequence
+
+
+@dataclass
+class SampleBatch:
+    """What to sample: one logits row per entry of `seqs`.
+
+    A sequence verifying speculative drafts has several consecutive rows; row r of it
+    carries in `draft_ids[r]` the draft token its sample is checked against (-1 for the
+    last row, which samples the bonus token), and in `output_offsets[r]` how many drafts
+    precede its position (min_tokens counts them). `bitmask` holds the grammar masks, filled
+    by the caller: its row j applies to logits row `masked_rows[j]`.
+    """
+
+    seqs: list[Sequence]
+    masked_rows: list[int] = field(default_factory=list)
+    bitmask: torch.Tensor | None = None  # int32 [len(masked_rows), ceil(vocab/32)], CPU
+    draft_ids: list[int] | None = None
+    output_offsets: list[int] | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.seqs)
 
 
 @dataclass
 class SamplerOutput:
     token_ids: list[int]
     logprobs: list[TokenLogprob | None]
+    # With drafts: per row, whether its draft token is accepted (speculative rejection
+    # sampling); `token_ids[r]` is then the token to take where it is not.
+    accepted: list[bool] | None = None
 
 
 @dataclass
@@ -32,62 +55,57 @@ class LaunchedSample:
     """Tokens sampled on the device whose values the host has not read yet."""
 
     token_ids: torch.Tensor  # int64 [rows], on the device
-    # Host copies, valid once `ready` has passed: token ids [rows], and with logprobs the
-    # chosen token's logprob [rows], then the top values and ids [rows, k] when k > 0.
+    # Host copies, valid once `ready` has passed: token ids [rows]; with drafts the accepted
+    # flags [rows]; with logprobs the chosen token's logprob [rows], then the top values and
+    # ids [rows, k] when k > 0.
     host: list[torch.Tensor]
     ready: torch.cuda.Event | None  # recorded after the device-to-host copies (GPU only)
     seqs: list[Sequence]
-
-
-@dataclass
-class SamplerStats:
-    """Time spent filling grammar masks (seconds per filled row), drained by the engine."""
-
-    mask_fill_seconds: list[float] = field(default_factory=list)
+    has_drafts: bool = False
 
 
 class Sampler:
     """Samples one token per row; rows follow the order of `seqs`."""
 
-    def __init__(self, vocab_size: int, eos_token_ids: Seq[int], max_rows: int,
-                 device: torch.device, seed: int = 0):
+    def __init__(self, vocab_size: int, eos_token_ids: Seq[int], device: torch.device,
+                 seed: int = 0):
         self.vocab_size = vocab_size
         self.eos_token_ids = list(eos_token_ids)
         self.device = device
-        self.bitmask = allocate_bitmask(max_rows, vocab_size)  # [max_rows, ceil(vocab/32)]
-        if device.type == "cuda":
-            self.bitmask = self.bitmask.pin_memory()
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.stats = SamplerStats()
 
     @torch.inference_mode()
-    def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
-        """logits: float32 [len(seqs), vocab] (modified in place)."""
-        return self.read(self.launch(logits, seqs))
+    def __call__(self, logits: torch.Tensor, batch: SampleBatch) -> SamplerOutput:
+        """logits: float32 [batch.num_rows, vocab] (modified in place)."""
+        return self.read(self.launch(logits, batch))
 
     @torch.inference_mode()
-    def launch(self, logits: torch.Tensor, seqs: list[Sequence]) -> LaunchedSample:
+    def launch(self, logits: torch.Tensor, batch: SampleBatch) -> LaunchedSample:
         """Queue the sampling of one token per row; `read` returns them. On a GPU nothing
         here waits for the device (user logits processors excepted): small host inputs go
         up through pinned memory and results come back the same way."""
-        # Grammar masks first: pure CPU work that overlaps the GPU's forward pass.
-        masked_rows = self._fill_masks(seqs)
+        seqs = batch.seqs
         raw_logprobs = None
         if any(seq.params.logprobs is not None for seq in seqs):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
         self._apply_logit_bias(logits, seqs)
-        self._apply_min_tokens(logits, seqs)
+        self._apply_min_tokens(logits, seqs, batch.output_offsets)
         self._apply_penalties(logits, seqs)
-        self._apply_processors(logits, seqs, masked_rows)
-        token_ids = self._sample(logits, seqs)
-        results = [token_ids]
+        self._apply_processors(logits, batch)
+        if batch.draft_ids is not None:
+            token_ids, accepted = self._sample_verify(logits, seqs, batch.draft_ids)
+            results = [token_ids, accepted]
+        else:
+            token_ids = self._sample(logits, seqs)
+            results = [token_ids]
         if raw_logprobs is not None:
             results.append(raw_logprobs.gather(1, token_ids.unsqueeze(1)).squeeze(1))
             top_k = max(seq.params.logprobs or 0 for seq in seqs)
             if top_k > 0:
                 results.extend(raw_logprobs.topk(top_k, dim=-1))
+        has_drafts = batch.draft_ids is not None
         if token_ids.device.type != "cuda":
-            return LaunchedSample(token_ids, results, None, seqs)
+            return LaunchedSample(token_ids, results, None, seqs, has_drafts)
         host = []
         for result in results:
             copy = torch.empty(result.shape, dtype=result.dtype, pin_memory=True)
@@ -95,18 +113,20 @@ class Sampler:
             host.append(copy)
         ready = torch.cuda.Event()
         ready.record()
-        return LaunchedSample(token_ids, host, ready, seqs)
+        return LaunchedSample(token_ids, host, ready, seqs, has_drafts)
 
     def read(self, launched: LaunchedSample) -> SamplerOutput:
         """Wait for a launched sample's results (the only device sync of sampling)."""
         if launched.ready is not None:
             launched.ready.synchronize()
-        token_list = launched.host[0].tolist()
+        host = list(launched.host)
+        token_list = host.pop(0).tolist()
+        accepted = host.pop(0).tolist() if launched.has_drafts else None
         logprobs: list[TokenLogprob | None] = [None] * len(token_list)
-        if len(launched.host) > 1:
-            chosen = launched.host[1].tolist()
-            top_values = launched.host[2].tolist() if len(launched.host) > 2 else None
-            top_ids = launched.host[3].tolist() if len(launched.host) > 2 else None
+        if host:
+            chosen = host[0].tolist()
+            top_values = host[1].tolist() if len(host) > 1 else None
+            top_ids = host[2].tolist() if len(host) > 1 else None
             for row, seq in enumerate(launched.seqs):
                 k = seq.params.logprobs
                 if k is None:
@@ -114,7 +134,7 @@ class Sampler:
                 top = (list(zip(top_ids[row][:k], top_values[row][:k], strict=True))
                        if k > 0 else [])
                 logprobs[row] = TokenLogprob(token_list[row], chosen[row], top)
-        return SamplerOutput(token_list, logprobs)
+        return SamplerOutput(token_list, logprobs, accepted)
 
     def device_tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
         """A small host list on the sampling device without waiting for the device."""
@@ -134,9 +154,11 @@ class Sampler:
                                            logits.dtype)
                 logits[row].index_add_(0, ids, vals)
 
-    def _apply_min_tokens(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
+    def _apply_min_tokens(self, logits: torch.Tensor, seqs: list[Sequence],
+                          offsets: list[int] | None) -> None:
         for row, seq in enumerate(seqs):
-            if seq.num_output_tokens < seq.params.min_tokens:
+            offset = offsets[row] if offsets is not None else 0
+            if seq.num_output_tokens + offset < seq.params.min_tokens:
                 banned = self.eos_token_ids + seq.params.stop_token_ids
                 ids = self.device_tensor([t for t in banned if t < self.vocab_size], torch.long)
                 logits[row].index_fill_(0, ids, float("-inf"))
@@ -167,23 +189,13 @@ class Sampler:
             row_logits = row_logits - p.presence_penalty * (counts > 0).float()
             logits[row] = row_logits
 
-    def _fill_masks(self, seqs: list[Sequence]) -> list[int]:
-        """Fill the bitmask rows of grammar-constrained sequences; returns their rows."""
-        masked = [(r, s.matcher) for r, s in enumerate(seqs) if s.matcher is not None]
-        if masked:
-            start = time.perf_counter()
-            _fill_bitmasks([m for _, m in masked], self.bitmask[: len(masked)])
-            elapsed = time.perf_counter() - start
-            self.stats.mask_fill_seconds.append(elapsed / len(masked))
-        return [r for r, _ in masked]
-
-    def _apply_processors(self, logits: torch.Tensor, seqs: list[Sequence],
-                          masked_rows: list[int]) -> None:
-        if masked_rows:
-            bitmask = self.bitmask[: len(masked_rows)]
-            rows = self.device_tensor(masked_rows, torch.long)
+    def _apply_processors(self, logits: torch.Tensor, batch: SampleBatch) -> None:
+        if batch.masked_rows:
+            bitmask = batch.bitmask[: len(batch.masked_rows)]
+            rows = (None if len(batch.masked_rows) == batch.num_rows
+                    else self.device_tensor(batch.masked_rows, torch.long))
             apply_token_bitmask_(logits, bitmask.to(logits.device, non_blocking=True), rows)
-        for row, seq in enumerate(seqs):
+        for row, seq in enumerate(batch.seqs):
             for fn in seq.params.logits_processors:
                 logits[row] = fn(seq.output_token_ids, logits[row])
 
@@ -195,22 +207,64 @@ class Sampler:
         if not random_rows:
             return greedy
         index = self.device_tensor(random_rows, torch.long)
-        sub = logits[index]
-        params = [seqs[r].params for r in random_rows]
+        probs = self._target_probs(logits[index], [seqs[r] for r in random_rows])
+        greedy[index] = (probs / self._noise(probs, seqs, random_rows)).argmax(dim=-1)
+        return greedy
+
+    def _sample_verify(self, logits: torch.Tensor, seqs: list[Sequence], draft_ids: list[int]
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Speculative verification of one draft token per row (-1: no draft).
+
+        Returns (token_ids, accepted), both [rows]. Greedy rows: the argmax, and accepted
+        where it equals the draft. Sampled rows (drafts are deterministic proposals, q =
+        one-hot): the draft is accepted with probability p(draft), and the token is drawn
+        from p with the draft removed (renormalised), which is what a rejected row takes;
+        rows without a draft draw from p itself. The kept tokens are then distributed as
+        plain sampling from p would give them.
+        """
+        drafts = self.device_tensor(draft_ids, torch.long)
+        tokens = logits.argmax(dim=-1)
+        accepted = tokens == drafts
+        random_rows = [r for r, s in enumerate(seqs) if not s.params.is_greedy]
+        if not random_rows:
+            return tokens, accepted
+        index = self.device_tensor(random_rows, torch.long)
+        probs = self._target_probs(logits[index], [seqs[r] for r in random_rows])
+        sub_drafts = drafts[index]
+        has_draft = sub_drafts >= 0
+        safe = sub_drafts.clamp(min=0).unsqueeze(1)
+        p_draft = probs.gather(1, safe).squeeze(1) * has_draft
+        uniform = torch.empty_like(p_draft)
+        for i, r in enumerate(random_rows):
+            uniform[i : i + 1].uniform_(generator=seqs[r].generator or self.generator)
+        residual = probs.scatter(1, safe, torch.where(has_draft.unsqueeze(1), 0.0,
+                                                      probs.gather(1, safe)))
+        drawn = (residual / self._noise(residual, seqs, random_rows)).argmax(dim=-1)
+        tokens[index] = drawn
+        accepted[index] = (uniform < p_draft) & has_draft
+        return tokens, accepted
+
+    def _target_probs(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
+        """The distribution sampled rows draw from: temperature, top-k/top-p, min-p."""
+        params = [seq.params for seq in seqs]
         temps = self.device_tensor([p.temperature for p in params], logits.dtype)
-        sub = sub / temps.unsqueeze(1)
-        sub = _filter_top_k_top_p(sub, params, self.device_tensor)
-        probs = torch.softmax(sub, dim=-1)
+        logits = logits / temps.unsqueeze(1)
+        logits = _filter_top_k_top_p(logits, params, self.device_tensor)
+        probs = torch.softmax(logits, dim=-1)
         min_ps = [p.min_p for p in params]
         if any(min_ps):
             min_p = self.device_tensor(min_ps, logits.dtype).unsqueeze(1)
             probs = probs.masked_fill(probs < min_p * probs.max(dim=-1, keepdim=True).values, 0)
+        return probs
+
+    def _noise(self, probs: torch.Tensor, seqs: list[Sequence], rows: list[int]
+               ) -> torch.Tensor:
+        """Exponential noise per row from its sequence's generator (argmax(p / noise) is a
+        sample of p), so a seeded request draws the same whatever shares its batch."""
         noise = torch.empty_like(probs)
-        for i, r in enumerate(random_rows):
+        for i, r in enumerate(rows):
             noise[i].exponential_(generator=seqs[r].generator or self.generator)
-        sampled = (probs / noise).argmax(dim=-1)
-        greedy[index] = sampled
-        return greedy
+        return noise
 
 
 
@@ -232,9 +286,3 @@ def _filter_top_k_top_p(logits: torch.Tensor, params: list, to_device) -> torch.
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.empty_like(logits).scatter_(1, order, sorted_logits)
 
-
-def _fill_bitmasks(matchers: list, bitmask: torch.Tensor) -> None:
-    """Fill one bitmask row per matcher (the grammar layer fills its rows in parallel)."""
-    from corral.grammars import fill_bitmasks
-
-    fill_bitmasks(matchers, bitmask, list(range(len(matchers))))

@@ -77,6 +77,11 @@ class SamplingParams:
     `logprobs` is the number of top log-probabilities to return per token (0 = only the
     sampled token's). `logits_processors` are user callables or `LogitsProcessor` objects
     (see `corral.engine.logits_process`) applied to this request's rows only.
+    `fast_forward` (None: the engine's setting) drafts the tokens a grammar forces;
+    `speculative=False` opts this request out of n-gram drafts.
+    `close_structures` (on by default) steers a constrained output to the shortest valid
+    end of its grammar as it nears `max_tokens`, so that it always parses; where no end
+    fits the tokens left, it stops at once with finish_reason "length".
     """
 
     n: int = 1
@@ -97,6 +102,8 @@ class SamplingParams:
     logprobs: int | None = None
     structured_outputs: StructuredOutputsParams | None = None
     fast_forward: bool | None = None
+    speculative: bool | None = None
+    close_structures: bool = True
     skip_special_tokens: bool = True
     logits_processors: list[Any] = field(default_factory=list)
 
@@ -179,6 +186,10 @@ class SamplingParams:
             "must be a StructuredOutputsParams",
         )
         check(isinstance(self.logits_processors, list), "logits_processors", "must be a list")
+        for name in ("fast_forward", "speculative"):
+            check(getattr(self, name) is None or isinstance(getattr(self, name), bool), name,
+                  "must be a boolean or None")
+        check(isinstance(self.close_structures, bool), "close_structures", "must be a boolean")
 
     @property
     def is_greedy(self) -> bool:

@@ -21,13 +21,23 @@ from .sequence import Sequence, SequenceStatus
 
 @dataclass
 class ScheduledSeq:
+    """One sequence's share of a step: `num_new_tokens` slots computed, of which the last
+    `num_draft_tokens` are speculative drafts (`seq.draft_token_ids`) after its last token."""
+
     seq: Sequence
     num_new_tokens: int
+    num_draft_tokens: int = 0
 
     @property
     def samples(self) -> bool:
         """Whether this step computes the sequence's last token (so a token is sampled)."""
-        return self.seq.num_computed_tokens + self.num_new_tokens == self.seq.num_tokens
+        num_real = self.num_new_tokens - self.num_draft_tokens
+        return self.seq.num_computed_tokens + num_real == self.seq.num_tokens
+
+    @property
+    def is_decode(self) -> bool:
+        """One real token (plus any drafts): the runner computes it as decode rows."""
+        return self.num_new_tokens - self.num_draft_tokens == 1
 
 
 @dataclass
@@ -79,13 +89,18 @@ class Scheduler:
             num_new = min(seq.num_uncomputed_tokens, budget)
             if num_new == 0:
                 continue
+            num_drafts = 0
+            if num_new == 1 and seq.num_uncomputed_tokens == 1 and seq.draft_token_ids:
+                num_drafts = min(len(seq.draft_token_ids), budget - 1)
+                del seq.draft_token_ids[num_drafts:]
+                num_new += num_drafts
             if self._make_room(seq, seq.num_computed_tokens + num_new, scheduled_ids, out):
-                out.scheduled.append(ScheduledSeq(seq, num_new))
+                out.scheduled.append(ScheduledSeq(seq, num_new, num_drafts))
                 scheduled_ids.add(seq.seq_id)
                 budget -= num_new
         if not out.preempted:
             budget = self._schedule_waiting(out, budget)
-        out.scheduled.sort(key=lambda s: s.num_new_tokens != 1)
+        out.scheduled.sort(key=lambda s: not s.is_decode)
         return out
 
     def _schedule_waiting(self, out: SchedulerOutput, budget: int) -> int:
@@ -146,6 +161,7 @@ class Scheduler:
     def preempt(self, seq: Sequence) -> None:
         """Free a running sequence's blocks and send it back to wait (recompute later)."""
         self.running.remove(seq)
+        seq.draft_token_ids = []
         self._free_blocks(seq)
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING

@@ -59,6 +59,17 @@ class Sequence:
         self.num_sampled_tokens = 0
         self.num_forced_tokens = 0
         self.num_preemptions = 0
+        # Speculative decoding: tokens proposed for this step (not yet in `token_ids`); the
+        # step computes the last token and these, and keeps the prefix the model agrees with.
+        self.draft_token_ids: list[int] = []
+        self.num_draft_tokens_total = 0
+        self.num_accepted_draft_tokens_total = 0
+        self.ngram_index: Any = None  # the proposer's index of this sequence's n-grams
+        # Always-valid endings (see structure_closer.py): tokens that end the grammar when
+        # appended at position `completion_at` of `token_ids`.
+        self.completion: list[int] | None = None
+        self.completion_at = 0
+        self.completion_checked_at = 0
 
     @property
     def num_tokens(self) -> int:

@@ -9,7 +9,7 @@ import pytest
 
 from corral.engine import LLM, SamplingParams
 from corral.engine.sequence import PENDING_TOKEN
-from tests.engine.test_deferred_settle import params_for, requests
+from tests.engine.test_overlapped_masks import params_for, requests
 
 
 def _outputs_equal(a, b) -> None:

@@ -1,5 +1,5 @@
-"""Grammar accepts and detokenization deferred into the next step (the GPU overlap) change
-no output."""
+"""Grammar masks filled on a worker thread while the engine thread goes on (the GPU
+overlap) change no output."""
 
 from __future__ import annotations
 
@@ -43,26 +43,26 @@ def params_for(reqs, fast_forward: bool) -> list[SamplingParams]:
 
 
 @pytest.mark.parametrize("fast_forward", [False, True])
-def test_deferred_accept_gives_the_same_outputs(llm, tokenizer, fast_forward):
+def test_overlapped_mask_fill_gives_the_same_outputs(llm, tokenizer, fast_forward):
     reqs = requests(tokenizer)
     params = params_for(reqs, fast_forward)
     prompts = [p for p, _ in reqs]
-    engine = llm.engine
-    assert engine.defer_grammar_accept is False and engine.defer_detokenize is False  # CPU
+    stepper = llm.engine.grammar_step
+    assert stepper.overlap is False  # CPU default
     direct = llm.generate(prompts, params)
-    engine.defer_grammar_accept = engine.defer_detokenize = True
+    stepper.overlap = True
     try:
-        deferred = llm.generate(prompts, params)
+        overlapped = llm.generate(prompts, params)
     finally:
-        engine.defer_grammar_accept = engine.defer_detokenize = False
-    for a, b in zip(direct, deferred, strict=True):
+        stepper.overlap = False
+    for a, b in zip(direct, overlapped, strict=True):
         assert a.outputs[0].token_ids == b.outputs[0].token_ids
         assert a.outputs[0].text == b.outputs[0].text
         assert a.outputs[0].finish_reason == b.outputs[0].finish_reason
         assert a.outputs[0].stop_reason == b.outputs[0].stop_reason
-    assert deferred[4].outputs[0].stop_reason == "Paris"
-    assert deferred[5].outputs[0].finish_reason == "length"
-    person = json.loads(deferred[0].outputs[0].text)
-    assert set(person) == {"name", "age"} and deferred[0].outputs[0].finish_reason == "stop"
-    assert deferred[1].outputs[0].text in ("yes", "no")
-    assert not engine.has_unfinished_requests()
+    assert overlapped[4].outputs[0].stop_reason == "Paris"
+    assert overlapped[5].outputs[0].finish_reason == "length"
+    person = json.loads(overlapped[0].outputs[0].text)
+    assert set(person) == {"name", "age"} and overlapped[0].outputs[0].finish_reason == "stop"
+    assert overlapped[1].outputs[0].text in ("yes", "no")
+    assert not llm.engine.has_unfinished_requests()

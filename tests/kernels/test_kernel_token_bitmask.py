@@ -7,6 +7,7 @@ import torch
 
 from corral.kernels.token_bitmask import (
     apply_token_bitmask_,
+    apply_token_bitmask_numpy,
     apply_token_bitmask_torch,
     apply_token_bitmask_triton,
 )
@@ -52,6 +53,23 @@ def _check(vocab, num_words, num_logit_rows, rows, dtype, device, seed) -> None:
 )
 def test_bitmask_matches_torch(dtype, vocab, num_words, rows) -> None:
     _check(vocab, num_words, 6, rows, dtype, cpu_or_cuda(), seed=vocab + num_words)
+
+
+@pytest.mark.parametrize(
+    "vocab,num_words,rows",
+    [(1000, 32, None), (5000, 157, None), (1000, 20, None), (1000, 32, [3, 0, 5]),
+     (49152, 1536, [7, 1, 2, 6])],
+)
+def test_numpy_cpu_version_matches_torch(vocab, num_words, rows) -> None:
+    gen = torch.Generator().manual_seed(vocab + num_words)
+    logits = torch.randn(8, vocab, generator=gen)
+    bitmask = _random_bitmask(8 if rows is None else len(rows), num_words, gen)
+    row_ids = None if rows is None else torch.tensor(rows, dtype=torch.int64)
+    ref = logits.clone()
+    apply_token_bitmask_torch(ref, bitmask, row_ids)
+    out = logits.clone()
+    apply_token_bitmask_numpy(out, bitmask, row_ids)
+    assert torch.equal(out, ref)
 
 
 def test_dispatcher_on_cpu_keeps_reference_semantics() -> None:

@@ -1,0 +1,143 @@
+"""A per-step timeline of the engine: host time by phase against device time.
+
+Off by default; `LLMEngine.profile = StepProfiler(device)` turns it on. Each step records
+the host seconds spent in named phases (the time between consecutive `mark` calls is
+charged to the phase named by the later call) and, on a GPU, CUDA events at the device-side
+points that matter: forward start and end, sampling start and end. Event timestamps are
+read after the run (`summary` synchronizes), so recording costs no device waits. On a CPU
+the forward runs on the host: its wall time is the device time.
+
+Reading a GPU timeline: `gap_before_sample` is time the device sat idle between a
+forward's end and its sampling (waiting for the host to launch sampling, e.g. for grammar
+masks); `gap_before_forward` is idle time between a sampling's end and the next forward.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+DEVICE_POINTS = ("forward_start", "forward_end", "sample_start", "sample_end")
+
+
+@dataclass
+class StepRecord:
+    """One engine step: host seconds per phase, batch facts, and device events."""
+
+    host: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    events: dict[str, torch.cuda.Event] = field(default_factory=dict)
+    cpu_forward_seconds: float = 0.0
+    num_seqs: int = 0
+    num_tokens: int = 0
+    num_masked: int = 0
+
+
+class StepProfiler:
+    """Collects `StepRecord`s; cheap enough to leave on for a whole benchmark run."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.is_cuda = device.type == "cuda"
+        self.records: list[StepRecord] = []
+        self._current: StepRecord | None = None
+        self._last = 0.0
+
+    def begin_step(self) -> None:
+        self._current = StepRecord()
+        self.records.append(self._current)
+        self._last = time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        """Charge the host time since the previous mark to `phase`."""
+        now = time.perf_counter()
+        if self._current is not None:
+            self._current.host[phase] += now - self._last
+        self._last = now
+
+    def device_point(self, name: str) -> None:
+        """Record a CUDA event for `name` (one of DEVICE_POINTS) in the current stream."""
+        if self.is_cuda and self._current is not None:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self._current.events[name] = event
+
+    def note_batch(self, num_seqs: int, num_tokens: int) -> None:
+        if self._current is not None:
+            self._current.num_seqs = num_seqs
+            self._current.num_tokens = num_tokens
+
+    def note_masked(self, num_masked: int) -> None:
+        if self._current is not None:
+            self._current.num_masked += num_masked
+
+    def note_cpu_forward(self, seconds: float) -> None:
+        if self._current is not None:
+            self._current.cpu_forward_seconds += seconds
+
+    def summary(self, skip_empty: bool = True) -> dict[str, float]:
+        """Median milliseconds per step: each host phase, host total, device busy and the
+        device's idle gaps (GPU), over the steps that ran a batch."""
+        if self.is_cuda:
+            torch.cuda.synchronize()
+        steps = [r for r in self.records if r.num_seqs or not skip_empty]
+        if not steps:
+            return {}
+        phases = sorted({p for r in steps for p in r.host})
+        out: dict[str, float] = {"steps": float(len(steps)),
+                                 "batch": statistics.median(r.num_seqs for r in steps)}
+        for phase in phases:
+            out[f"host_{phase}"] = 1e3 * statistics.median(r.host.get(phase, 0.0) for r in steps)
+        out["host_total"] = 1e3 * statistics.median(sum(r.host.values()) for r in steps)
+        if self.is_cuda:
+            out.update(self._device_summary(steps))
+        else:
+            out["device_forward"] = 1e3 * statistics.median(r.cpu_forward_seconds for r in steps)
+        return out
+
+    def _device_summary(self, steps: list[StepRecord]) -> dict[str, float]:
+        forward, sample, gap_sample, gap_forward, wall = [], [], [], [], []
+        previous: StepRecord | None = None
+        for r in steps:
+            ev = r.events
+            if all(p in ev for p in DEVICE_POINTS):
+                forward.append(ev["forward_start"].elapsed_time(ev["forward_end"]))
+                sample.append(ev["sample_start"].elapsed_time(ev["sample_end"]))
+                gap_sample.append(ev["forward_end"].elapsed_time(ev["sample_start"]))
+                if previous is not None and "sample_end" in previous.events:
+                    gap_forward.append(
+                        previous.events["sample_end"].elapsed_time(ev["forward_start"]))
+                    wall.append(previous.events["forward_start"].elapsed_time(
+                        ev["forward_start"]))
+            previous = r
+        out = {}
+        for name, values in (("device_forward", forward), ("device_sample", sample),
+                             ("gap_before_sample", gap_sample),
+                             ("gap_before_forward", gap_forward), ("device_step", wall)):
+            if values:
+                out[name] = statistics.median(values)
+        return out
+
+
+class NullProfiler:
+    """The profiler the engine holds when profiling is off: every call does nothing."""
+
+    def begin_step(self) -> None:
+        pass
+
+    def mark(self, phase: str) -> None:
+        pass
+
+    def device_point(self, name: str) -> None:
+        pass
+
+    def note_batch(self, num_seqs: int, num_tokens: int) -> None:
+        pass
+
+    def note_masked(self, num_masked: int) -> None:
+        pass
+
+    def note_cpu_forward(self, seconds: float) -> None:
+        pass

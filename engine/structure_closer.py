@@ -1,0 +1,171 @@
+"""Constrained outputs that always finish valid, even when `max_tokens` cuts them.
+
+For a constrained sequence (with `close_structures` on, the default), the engine keeps a
+*completion*: tokens that, appended at some earlier point of the output, end the grammar
+validly (close the string, the arrays, the objects, the tool call) within the tokens left
+then (to `max_tokens` or the context's end). After each step near the limit it looks for
+a completion from the new state; if none fits the tokens now left, the step's tokens (back
+to where the kept completion starts) are taken back and the completion is appended
+instead, and the sequence ends with finish_reason "stop". A sequence whose grammar's start
+completion (searched once per grammar, in the compile thread) does not fit its whole budget
+ends at once, with no output, finish_reason "length".
+
+Work is bounded: nothing is computed while the limit is far; in the watch zone the kept
+completion is first re-checked from the new state (a few accepts and a rollback), and only
+a completion that no longer applies triggers a search.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .sequence import Sequence
+from .stop_checker import StopChecker
+
+FAR = 512  # tokens left above which nothing is computed
+NEAR = 4  # tokens left beyond the kept completion under which it is checked every step
+SLACK = 32  # ... every 4 steps under this margin
+REFRESH_EVERY = 16  # ... and every 16 steps above it
+NEAR_END = 8  # tokens left under which a changed structure is searched for at once
+MAX_TAKE_BACK = 8  # tokens since the kept completion worth a search to keep
+NODE_BUDGET = 64  # search nodes per completion search on the engine's loop
+NO_COMPLETION_LIMIT = 256  # budgets a grammar with no start completion found ends at once
+
+
+class StructureCloser:
+    """Keeps each constrained sequence's completion and forces it when needed."""
+
+    def __init__(self, vocab: Callable[[], Any], max_model_len: int) -> None:
+        self.vocab = vocab  # the compiler's CompletionVocab, built on first use
+        self.max_model_len = max_model_len
+        self.num_searches = 0
+        self.search_seconds = 0.0
+        self.num_closed = 0
+
+    @staticmethod
+    def applies(seq: Sequence) -> bool:
+        return seq.matcher is not None and seq.params.close_structures
+
+    def tokens_left(self, seq: Sequence) -> int:
+        """Tokens the sequence may still append: to `max_tokens` or the context's end."""
+        left = self.max_model_len - seq.num_tokens
+        if seq.params.max_tokens is not None:
+            left = min(left, seq.params.max_tokens - seq.num_output_tokens)
+        return left
+
+    def start(self, seq: Sequence, stop_checker: StopChecker) -> None:
+        """At grammar-ready time: keep the grammar's start completion (found once per
+        grammar, off the engine loop); end the sequence at once if it does not fit."""
+        if not self.applies(seq):
+            return
+        completion = getattr(seq.request.compiled_grammar, "start_completion", None)
+        left = self.tokens_left(seq)
+        if completion is None:
+            # None found (the search looks up to 1024 tokens deep): a budget this small
+            # cannot hold one either; a larger one runs unsteered until the watch zone.
+            if left <= NO_COMPLETION_LIMIT:
+                stop_checker.finish(seq, "length")
+            return
+        if len(completion) > left:
+            stop_checker.finish(seq, "length")
+            return
+        self._keep(seq, list(completion))
+
+    def check(self, seq: Sequence, stop_checker: StopChecker) -> None:
+        """After a step appended tokens to `seq` (the grammar has accepted them)."""
+        if seq.is_finished or not self.applies(seq):
+            return
+        left = self.tokens_left(seq)
+        if left > FAR:
+            return
+        kept = seq.completion
+        since_check = seq.num_tokens - seq.completion_checked_at
+        if kept is None:  # no way out known yet: look now and then
+            if since_check >= REFRESH_EVERY or left <= NEAR_END:
+                seq.completion_checked_at = seq.num_tokens
+                found = self._search(seq, left)
+                if found is not None:
+                    self._keep(seq, found)
+            return
+        margin = left - len(kept)
+        every = 1 if margin <= NEAR else (4 if margin <= SLACK else REFRESH_EVERY)
+        if left > 0 and since_check < every:
+            return
+        seq.completion_checked_at = seq.num_tokens
+        still = self._still_applies(seq, left)  # a few accepts and a rollback
+        if still is not None:
+            self._keep(seq, still)
+            if left == 0:
+                stop_checker.finish(seq, "stop")
+            return
+        # The model changed the structure since the kept completion. Rolling back to it
+        # stays possible; a search (the costly part) only runs when the tokens since it
+        # would be many to lose, or the end is near.
+        since = seq.num_tokens - seq.completion_at
+        if since >= MAX_TAKE_BACK or left <= NEAR_END:
+            found = self._search(seq, left) if left > 0 else None
+            if found is not None:
+                self._keep(seq, found)
+                return
+        if left <= NEAR_END:
+            self._close(seq, stop_checker)
+
+    def _still_applies(self, seq: Sequence, left: int) -> list[int] | None:
+        """The kept completion from here (the model may have written some of it, or its
+        start), if it still ends the grammar within `left` tokens; else None."""
+        kept, since = seq.completion, seq.num_tokens - seq.completion_at
+        new = seq.token_ids[seq.completion_at:]
+        if kept[:since] == new and len(kept) - since <= left:
+            return kept[since:]  # the model wrote the completion's own tokens
+        for start in range(len(kept)):
+            tail = kept[start:]
+            if len(tail) <= left and _ends_after(seq.matcher, tail):
+                return tail
+        if left >= 0 and seq.matcher.can_end():
+            return []
+        return None
+
+    def _close(self, seq: Sequence, stop_checker: StopChecker) -> None:
+        """Take back the tokens since the kept completion was found and append it."""
+        completion = seq.completion
+        num_back = seq.num_tokens - seq.completion_at
+        matcher = seq.matcher
+        matcher.rollback(min(num_back, matcher.num_accepted))
+        stop_checker.take_back(seq, num_back)
+        for token in completion:
+            if not matcher.accept_token(token):
+                stop_checker.finish(seq, "length")  # cannot happen: it was checked
+                return
+        self.num_closed += 1
+        stop_checker.append_forced(seq, completion)
+        if not seq.is_finished:
+            stop_checker.finish(seq, "stop")
+
+    def _keep(self, seq: Sequence, completion: list[int]) -> None:
+        seq.completion = completion
+        seq.completion_at = seq.num_tokens
+
+    def _search(self, seq: Sequence, max_tokens: int) -> list[int] | None:
+        from corral.grammars.completion import shortest_completion
+
+        start = time.perf_counter()
+        found = shortest_completion(seq.matcher, max_tokens, vocab=self.vocab(),
+                                    node_budget=NODE_BUDGET)
+        self.num_searches += 1
+        self.search_seconds += time.perf_counter() - start
+        return found
+
+
+def _ends_after(matcher: Any, tokens: list[int]) -> bool:
+    """Whether the grammar can end right after `tokens` from here (matcher unchanged)."""
+    if not tokens:
+        return matcher.can_end()
+    if matcher.validate_tokens(tokens) != len(tokens):
+        return False
+    for token in tokens:
+        matcher.accept_token(token)
+    ok = matcher.can_end()
+    matcher.rollback(len(tokens))
+    return ok

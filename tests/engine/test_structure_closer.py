@@ -1,0 +1,89 @@
+"""Constrained outputs cut by max_tokens still finish valid: the engine steers them to a
+short valid end of their grammar, or, where none fits, returns nothing ("length")."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from corral.engine import SamplingParams, StructuredOutputsParams
+from tests.grammars.test_jsonschemabench import load_bench
+
+CHECKER = jsonschema.Draft202012Validator.FORMAT_CHECKER
+
+
+def _chat(tokenizer, text: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+@pytest.fixture(scope="module")
+def schemas(llm, datasets_dir):
+    """A dozen JSONSchemaBench schemas across splits that the default backend compiles."""
+    chosen, splits = [], {}
+    for split, _, entry in load_bench(datasets_dir):
+        if splits.get(split, 0) >= 2:
+            continue
+        try:
+            llm.engine.grammar.compile(StructuredOutputsParams(json=entry["schema"]))
+        except ValueError:
+            continue
+        splits[split] = splits.get(split, 0) + 1
+        chosen.append(entry["schema"])
+    return chosen[:12]
+
+
+@pytest.mark.parametrize(("max_tokens", "min_closed"), [(12, 3), (24, 6), (48, 8)])
+def test_outputs_validate_or_end_empty(llm, tokenizer, schemas, max_tokens, min_closed):
+    prompts = [_chat(tokenizer, "Reply with JSON valid against: "
+                     + json.dumps(s, separators=(",", ":"))[:2000]) for s in schemas]
+    params = [SamplingParams(temperature=0, max_tokens=max_tokens,
+                             structured_outputs=StructuredOutputsParams(json=s))
+              for s in schemas]
+    outputs = llm.generate(prompts, params)
+    closed = 0
+    for schema, out in zip(schemas, outputs, strict=True):
+        completion = out.outputs[0]
+        assert len(completion.token_ids) <= max_tokens
+        if completion.finish_reason == "length":
+            assert completion.text == "" and completion.token_ids == []
+            continue
+        assert completion.finish_reason == "stop"
+        value = json.loads(completion.text)
+        jsonschema.Draft202012Validator(schema, format_checker=CHECKER).validate(value)
+        closed += 1
+    assert closed >= min_closed
+
+
+def test_a_cut_structure_is_closed_not_cut(llm, tokenizer):
+    schema = {"type": "object", "properties": {"animals": {"type": "array", "items": {
+        "type": "object", "properties": {"name": {"type": "string"}, "legs": {"type": "integer"}},
+        "required": ["name", "legs"]}}}, "required": ["animals"], "additionalProperties": False}
+    prompt = _chat(tokenizer, "List twenty animals and their number of legs, as JSON.")
+    constraint = StructuredOutputsParams(json=schema)
+    out = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=30,
+                                                structured_outputs=constraint))[0].outputs[0]
+    assert out.finish_reason == "stop" and len(out.token_ids) <= 30
+    value = json.loads(out.text)
+    assert value["animals"] and all(set(a) == {"name", "legs"} for a in value["animals"])
+    cut = llm.generate([prompt], SamplingParams(temperature=0, max_tokens=30,
+                                                structured_outputs=constraint,
+                                                close_structures=False))[0].outputs[0]
+    assert cut.finish_reason == "length" and len(cut.token_ids) == 30
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(cut.text)
+
+
+def test_nothing_fits_ends_at_once(llm, tokenizer):
+    schema = {"type": "object", "properties": {
+        "first_name": {"type": "string"}, "last_name": {"type": "string"},
+        "street": {"type": "string"}, "city": {"type": "string"}},
+        "required": ["first_name", "last_name", "street", "city"]}
+    out = llm.generate([_chat(tokenizer, "An address as JSON.")],
+                       SamplingParams(temperature=0, max_tokens=5,
+                                      structured_outputs=StructuredOutputsParams(json=schema)))
+    completion = out[0].outputs[0]
+    assert completion.finish_reason == "length" and completion.token_ids == []
+    assert not llm.engine.has_unfinished_requests()
