@@ -158,6 +158,10 @@ class ChatCompletionRequest(OpenAIModel):
     stop_token_ids: list[int] | None = None
     structured_outputs: StructuredOutputs | None = None
     fast_forward: bool | None = None
+    # False: this request makes no speculative drafts (n-gram lookup).
+    speculative: bool | None = None
+    # False: a constrained output is cut at max_tokens instead of closed validly before it.
+    close_structures: bool | None = None
     # False: tool calls are parsed but not enforced by a grammar (for comparisons only).
     constrain_tool_calls: bool | None = None
 
@@ -239,6 +243,8 @@ class ChatCompletionRequest(OpenAIModel):
             "repetition_penalty": self.repetition_penalty,
             "logit_bias": self.logit_bias,
             "fast_forward": self.fast_forward,
+            "speculative": self.speculative,
+            "close_structures": self.close_structures,
         }
         kwargs = {k: v for k, v in values.items() if v is not None}
         kwargs["max_tokens"] = max_tokens

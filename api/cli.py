@@ -63,8 +63,13 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--gpu-memory-utilization", float, None, "share of GPU memory for weights + KV cache"),
     ("--num-blocks", int, None, "exact number of KV blocks (overrides the memory budgets)"),
     ("--block-size", int, None, "tokens per KV block"),
-    ("--grammar-backend", str, None, "llguidance or outlines"),
-    ("--fast-forward", parse_bool, None, "append grammar-forced tokens without sampling"),
+    ("--grammar-backend", str, None, "llguidance, xgrammar or outlines"),
+    ("--fast-forward", parse_bool, None, "draft the tokens grammars force and verify them "
+                                         "in the same forward pass"),
+    ("--speculative", _optional_str, None, "speculative decoding: 'ngram' drafts n-gram "
+                                           "matches from the prompt and output (and "
+                                           "grammar-forced tokens)"),
+    ("--num-speculative-tokens", int, None, "most drafts per sequence and step (default 4)"),
     ("--device", str, None, "auto, cpu or cuda[:N]"),
     ("--dtype", str, None, "auto, float32, bfloat16 or float16"),
     ("--load-format", str, None, "auto, or dummy (random weights, for benchmarks)"),

@@ -41,6 +41,10 @@ class CompletionRequest(OpenAIModel):
     stop_token_ids: list[int] | None = None
     structured_outputs: StructuredOutputs | None = None
     fast_forward: bool | None = None
+    # False: this request makes no speculative drafts (n-gram lookup).
+    speculative: bool | None = None
+    # False: a constrained output is cut at max_tokens instead of closed validly before it.
+    close_structures: bool | None = None
 
     def prompts(self) -> list[str | list[int]]:
         """The prompts as strings or token-id lists (a flat id list is one prompt)."""
@@ -92,6 +96,8 @@ class CompletionRequest(OpenAIModel):
             "logit_bias": self.logit_bias,
             "logprobs": self.logprobs,
             "fast_forward": self.fast_forward,
+            "speculative": self.speculative,
+            "close_structures": self.close_structures,
         }
         kwargs = {k: v for k, v in values.items() if v is not None}
         kwargs["max_tokens"] = max_tokens

@@ -62,6 +62,14 @@ class _EngineCollector(Collector):
         yield self._counter("generation_tokens", "Tokens generated", s.generation_tokens_total)
         yield self._counter("num_preemptions", "Sequences preempted (recomputed later)",
                             s.num_preemptions)
+        yield self._counter("spec_decode_num_draft_tokens",
+                            "Speculative draft tokens verified", s.spec_draft_tokens_total)
+        yield self._counter("spec_decode_num_accepted_tokens",
+                            "Speculative draft tokens accepted", s.spec_accepted_tokens_total)
+        yield self._counter("forced_tokens", "Tokens appended without sampling (grammar "
+                            "completions at the token limit)", s.forced_tokens_total)
+        yield self._counter("decode_passes", "Sequence-steps that sampled (tokens per pass = "
+                            "generation_tokens / this)", s.num_decode_passes)
 
 
 class ServerMetrics:

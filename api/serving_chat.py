@@ -80,12 +80,13 @@ def _finish_reason(output: CompletionOutput, has_calls: bool) -> str:
     return reason
 
 
-def _parse_tools(tools: list[dict[str, Any]], text: str) -> tuple[str | None, list[ToolCall]]:
+def _parse_tools(tools: list[dict[str, Any]], text: str, truncated: bool
+                 ) -> tuple[str | None, list[ToolCall]]:
     from corral.tools import ToolCallParser
 
     parser = ToolCallParser(tools)
     parser.feed(text)
-    parser.finish()
+    parser.finish(truncated)
     calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
              for c in parser.tool_calls]
     return parser.content, calls
@@ -115,7 +116,7 @@ async def chat_completion(state: ServerState, req: ChatCompletionRequest,
         content: str | None = out.text
         calls: list[ToolCall] = []
         if prep.tools:
-            content, calls = _parse_tools(prep.tools, out.text)
+            content, calls = _parse_tools(prep.tools, out.text, out.finish_reason == "length")
         logprobs = None
         if req.logprobs:
             logprobs = ChoiceLogprobs(content=chat_logprobs(state.token_texts, out.logprobs or []))
@@ -197,7 +198,7 @@ class ChatStream:
             else:
                 pieces = parser.feed(text) if text else []
                 if o.finished:
-                    pieces += parser.finish()
+                    pieces += parser.finish(truncated=o.finish_reason == "length")
                 delta = self._tool_delta(i, pieces)
             logprobs = None
             if self.want_logprobs and o.logprobs and (delta or o.finished):

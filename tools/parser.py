@@ -67,10 +67,24 @@ class ToolCallParser:
             self._step(c)
         return self._drain()
 
-    def finish(self) -> list[Event]:
-        """Flush at the end of the text: held text and an open call are settled."""
+    def finish(self, truncated: bool = False) -> list[Event]:
+        """Flush at the end of the text: held text and an open call are settled.
+
+        `truncated`: the text was cut by a token limit. A call block still open is then
+        not a call: one whose name was not read yet is dropped (never given back as
+        content), and one whose arguments were cut keeps the arguments read so far
+        (no "{}" stands in for them).
+        """
         if self._is_finished:
             return []
+        if truncated:
+            self._marker_hold = ""  # the start of a call marker, cut
+        if truncated and self._in_call:
+            if self._call_index is None and self._num_block_calls == 0:
+                self._in_call = False
+                self._reset_call("")
+            else:
+                self._args_state = "done"
         while self._in_call and self._num_block_calls == 0 and self._state != "post":
             self._release()
         if self._in_call:

@@ -41,10 +41,8 @@ ASK = [{"role": "user", "content": "What is the weather like in Paris right now?
 
 
 def assert_valid_calls(message, finish_reason=None):
-    """Every call is valid; a last call cut by max_tokens ("length") may be partial."""
+    """Every call is valid and complete, whatever the finish reason."""
     calls = list(message.tool_calls or [])
-    if finish_reason == "length":
-        calls = calls[:-1]
     for call in calls:
         assert call.id.startswith("call_") and call.type == "function"
         assert call.function.name in SCHEMAS
@@ -135,3 +133,24 @@ def test_two_turn_tool_conversation(client):
     # the call and its result went back into the prompt
     alone = call(client, tool_choice="none", max_tokens=1)
     assert second.usage.prompt_tokens > alone.usage.prompt_tokens + 15
+
+
+@pytest.mark.parametrize("max_tokens", [4, 12, 20, 26, 40])
+@pytest.mark.parametrize("tool_choice", [
+    "required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_forced_calls_at_tiny_max_tokens_are_never_partial(client, tool_choice, max_tokens):
+    """A call either completes (closed in time) or none is made ("length", no content)."""
+    r = call(client, tool_choice=tool_choice, parallel_tool_calls=False, max_tokens=max_tokens)
+    choice = r.choices[0]
+    assert r.usage.completion_tokens <= max_tokens
+    if choice.finish_reason == "length":
+        assert choice.message.tool_calls is None and choice.message.content is None
+    else:
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        assert len(choice.message.tool_calls) == 1
+        assert_valid_calls(choice.message)
+    content, calls, finish = streamed(client, tool_choice=tool_choice,
+                                      parallel_tool_calls=False, max_tokens=max_tokens)
+    assert (content, finish) == (choice.message.content, choice.finish_reason)
+    assert calls == [(c.function.name, c.function.arguments)
+                     for c in choice.message.tool_calls or []]
