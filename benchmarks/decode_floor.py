@@ -40,10 +40,8 @@ def copy_bandwidth(num_bytes: int = 2 * 1024**3) -> float:
 
 def set_mode(llm: LLM, mode: str) -> None:
     """`async`: step N+1 launched before step N's tokens are read back; `sync`: the
-    synchronous loop (grammar accepts and detokenization deferred into the next step)."""
-    engine = llm.engine
-    engine.async_scheduling = mode == "async"
-    engine.defer_grammar_accept = engine.defer_detokenize = mode == "sync"
+    synchronous loop."""
+    llm.engine.async_scheduling = mode == "async"
 
 
 def time_decode_steps(llm: LLM, batch: int, context: int, steps: int) -> float:

@@ -6,6 +6,11 @@ At each request rate, `--num-requests` streaming completions arrive with exponen
 rate does the same work. Prints per rate: achieved request rate, output tokens/s,
 time-to-first-token and inter-token latency p50/p99, end-to-end p50.
 
+With `--structured`, each rate runs twice: first every request constrained by a
+JSONSchemaBench schema (round robin over the schemas the server compiles), then the same
+number of requests unconstrained, each with the output length its constrained twin had
+(fresh prompts of the same lengths, so the prefix cache favours neither run).
+
     corral serve --port 8000 &
     python benchmarks/serve.py --rates 1 4 16 inf --num-requests 64
     # GPU, random weights in Llama-3-8B's shape:
@@ -47,9 +52,13 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def one_request(client: httpx.AsyncClient, url: str, headers: dict[str, str],
-                      model: str, prompt: list[int], output_len: int) -> Result:
+                      model: str, prompt: list[int], output_len: int,
+                      schema: dict | None = None) -> Result:
     body = {"model": model, "prompt": prompt, "max_tokens": output_len, "temperature": 0,
-            "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+            "ignore_eos": schema is None, "stream": True,
+            "stream_options": {"include_usage": True}}
+    if schema is not None:
+        body["structured_outputs"] = {"json": schema}
     start = time.perf_counter()
     last = None
     result = Result(ok=False)
@@ -81,7 +90,8 @@ async def one_request(client: httpx.AsyncClient, url: str, headers: dict[str, st
 
 
 async def run_rate(args: argparse.Namespace, rate: float, model: str,
-                   prompts: list[list[int]], outputs: list[int]) -> dict[str, float]:
+                   prompts: list[list[int]], outputs: list[int],
+                   schemas: list[dict] | None = None) -> tuple[dict[str, float], list[Result]]:
     url = args.base_url.rstrip("/") + "/completions"
     headers = {"Authorization": f"Bearer {args.api_key}"}
     rng = random.Random(args.seed)
@@ -89,9 +99,10 @@ async def run_rate(args: argparse.Namespace, rate: float, model: str,
     async with httpx.AsyncClient(timeout=None, limits=limits) as client:
         tasks = []
         start = time.perf_counter()
-        for prompt, out_len in zip(prompts, outputs, strict=True):
+        for i, (prompt, out_len) in enumerate(zip(prompts, outputs, strict=True)):
+            schema = schemas[i % len(schemas)] if schemas else None
             tasks.append(asyncio.create_task(
-                one_request(client, url, headers, model, prompt, out_len)))
+                one_request(client, url, headers, model, prompt, out_len, schema)))
             if math.isfinite(rate):
                 await asyncio.sleep(rng.expovariate(rate))
         results = await asyncio.gather(*tasks)
@@ -108,11 +119,12 @@ async def run_rate(args: argparse.Namespace, rate: float, model: str,
         "ttft_p99": percentile([r.ttft for r in ok], 99) * 1000,
         "itl_p50": percentile(itls, 50) * 1000, "itl_p99": percentile(itls, 99) * 1000,
         "e2e_p50": percentile([r.e2e for r in ok], 50),
-    }
+    }, results
 
 
-def workload(args: argparse.Namespace) -> tuple[list[list[int]], list[int]]:
-    rng = random.Random(args.seed)
+def workload(args: argparse.Namespace, seed: int | None = None
+             ) -> tuple[list[list[int]], list[int]]:
+    rng = random.Random(args.seed if seed is None else seed)
     lo_tok, hi_tok = args.token_range
 
     def length(mean: int) -> int:
@@ -134,18 +146,52 @@ async def main_async(args: argparse.Namespace) -> int:
     prompts, outputs = workload(args)
     print(f"model {model}: {args.num_requests} requests per rate, input ~{args.input_len}, "
           f"output ~{args.output_len} tokens (EOS ignored)")
+    schemas = await compiled_schemas(args, model) if args.structured else None
     if args.warmup:
-        await run_rate(args, math.inf, model, prompts[:2], [4, 4])
-    header = (f"{'rate':>6} {'ok':>7} {'req/s':>7} {'out tok/s':>10} {'TTFT p50':>9} "
-              f"{'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'e2e p50':>8}")
+        await run_rate(args, math.inf, model, prompts[:2], [4, 4], schemas)
+    header = (f"{'rate':>6} {'run':<12} {'ok':>7} {'req/s':>7} {'out tok/s':>10} "
+              f"{'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'e2e p50':>8}")
     print(header)
-    print(" " * 36 + "(ms)      (ms)     (ms)     (ms)      (s)")
-    for rate in args.rates:
-        s = await run_rate(args, rate, model, prompts, outputs)
-        print(f"{s['rate']:>6} {s['ok']:>3}/{s['n']:<3} {s['req_s']:>7.2f} {s['tok_s']:>10.1f} "
-              f"{s['ttft_p50']:>9.1f} {s['ttft_p99']:>9.1f} {s['itl_p50']:>8.1f} "
-              f"{s['itl_p99']:>8.1f} {s['e2e_p50']:>8.2f}", flush=True)
+    print(" " * 49 + "(ms)      (ms)     (ms)     (ms)      (s)")
+    for n, rate in enumerate(args.rates):
+        if schemas:
+            s, results = await run_rate(args, rate, model, prompts, outputs, schemas)
+            print_row(s, "constrained")
+            lengths = [max(r.output_tokens, 1) for r in results]
+            fresh, _ = workload(args, seed=args.seed + 1000 + n)
+            s, _ = await run_rate(args, rate, model, fresh, lengths)
+            print_row(s, "free")
+        else:
+            s, _ = await run_rate(args, rate, model, prompts, outputs)
+            print_row(s, "free")
     return 0
+
+
+def print_row(s: dict[str, float], run: str) -> None:
+    print(f"{s['rate']:>6} {run:<12} {s['ok']:>3}/{s['n']:<3} {s['req_s']:>7.2f} "
+          f"{s['tok_s']:>10.1f} {s['ttft_p50']:>9.1f} {s['ttft_p99']:>9.1f} "
+          f"{s['itl_p50']:>8.1f} {s['itl_p99']:>8.1f} {s['e2e_p50']:>8.2f}", flush=True)
+
+
+async def compiled_schemas(args: argparse.Namespace, model: str) -> list[dict]:
+    """JSONSchemaBench schemas (round robin over splits) the server accepts."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from workload_mix import jsonschemabench, round_robin_by_split
+
+    url = args.base_url.rstrip("/") + "/completions"
+    headers = {"Authorization": f"Bearer {args.api_key}"}
+    chosen = []
+    async with httpx.AsyncClient(timeout=60) as client:
+        for _, _, entry in round_robin_by_split(jsonschemabench(), args.seed):
+            if len(chosen) >= args.num_schemas:
+                break
+            body = {"model": model, "prompt": [1000, 1001], "max_tokens": 1,
+                    "structured_outputs": {"json": entry["schema"]}}
+            r = await client.post(url, json=body, headers=headers)
+            if r.status_code == 200:
+                chosen.append(entry["schema"])
+    print(f"{len(chosen)} schemas, round robin over JSONSchemaBench splits")
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="prompt token ids are drawn from this range")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
+    parser.add_argument("--structured", action="store_true",
+                        help="constrained requests, then free ones of the same lengths")
+    parser.add_argument("--num-schemas", type=int, default=64)
     args = parser.parse_args(argv)
     if not 0 <= args.range_ratio < 1:
         parser.error("--range-ratio: must be in [0, 1)")

@@ -135,7 +135,7 @@ def throughput(llm: LLM, schemas: list[dict], args) -> dict:
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     def run(params):
-        llm.engine.sampler.stats.mask_fill_seconds.clear()
+        llm.engine.grammar_step.stats.mask_fill_seconds.clear()
         forced = llm.engine.stats.forced_tokens_total
         sync()
         start = time.perf_counter()
@@ -145,7 +145,7 @@ def throughput(llm: LLM, schemas: list[dict], args) -> dict:
         tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
         return {"tokens": tokens, "seconds": elapsed, "tok_s": tokens / elapsed,
                 "forced": llm.engine.stats.forced_tokens_total - forced,
-                "masks": list(llm.engine.sampler.stats.mask_fill_seconds)}
+                "masks": list(llm.engine.grammar_step.stats.mask_fill_seconds)}
 
     llm.generate(prompts[:2], SamplingParams(max_tokens=4))  # warm-up
     plain = run([SamplingParams(temperature=0, max_tokens=args.max_tokens, ignore_eos=True)]

@@ -80,7 +80,7 @@ def run_corral_structured(llm: LLM, workload, device: str) -> tuple[float, list[
         for i, (_, n) in enumerate(workload)
     ]
     llm.generate(prompts[:2], params[:2])  # warm-up: grammar compiles, mask kernels
-    llm.engine.sampler.stats.mask_fill_seconds.clear()
+    llm.engine.grammar_step.stats.mask_fill_seconds.clear()
     sync(device)
     start = time.perf_counter()
     outputs = llm.generate(prompts, params)
@@ -222,7 +222,7 @@ def main() -> None:
     structured = None
     if args.structured:
         ts, lengths = run_corral_structured(llm, workload, args.device)
-        masks = sorted(llm.engine.sampler.stats.mask_fill_seconds)
+        masks = sorted(llm.engine.grammar_step.stats.mask_fill_seconds)
         # Constrained outputs stop where their JSON ends; the fair baseline is the same
         # requests unconstrained with exactly those output lengths.
         matched = [(p, n) for (p, _), n in zip(workload, lengths, strict=True)]
