@@ -18,7 +18,7 @@ class EngineConfig:
     `max_model_len` None means the model's own context length.
     `load_format="dummy"` gives random weights of the model's shape (benchmarks); `shape`
     names a built-in shape (e.g. "llama3-8b") to use with the model's tokenizer.
-    `async_scheduling` (None: on for CUDA unless speculating) schedules and launches step
+    `async_scheduling` (None: on for CUDA unless `speculative`) schedules and launches step
     N+1 before reading back step N's sampled tokens, so the host work of a step overlaps
     the device's. `speculative="ngram"` drafts up to `num_speculative_tokens` tokens per
     sequence and step (what the grammar forces, then n-gram matches in the prompt and

@@ -115,11 +115,13 @@ class LLMEngine:
         self._arrivals = itertools.count()
         self._grammar: Any = None
         # Async scheduling: step N+1 is scheduled and launched before step N's tokens are
-        # read back. Speculative decoding needs step N's tokens to draft step N+1, so it
-        # runs the synchronous loop.
+        # read back. N-gram drafts need step N's tokens to draft step N+1, so they run the
+        # synchronous loop; grammar-forced drafts (fast_forward) take a synchronous step
+        # only where the forced runs make it pay (see _drafts_pay).
         self.async_scheduling = (config.async_scheduling if config.async_scheduling is not None
-                                 else on_gpu and not speculates)
+                                 else on_gpu and config.speculative is None)
         self._in_flight: tuple[LaunchedSample, SamplingPlan] | None = None
+        self._forced_ahead = False  # some sequence's grammar forces 2+ tokens next
         self.last_step_idle = False  # the last step neither computed nor resolved anything
         self.profile: StepProfiler | NullProfiler = NullProfiler()
         if on_gpu:
@@ -232,7 +234,7 @@ class LLMEngine:
         that finished when `emit_unfinished` is False, as offline generation needs)."""
         self.profile.begin_step()
         touched: dict[str, Request] = {}
-        if self.async_scheduling:
+        if self.async_scheduling and not self._drafts_pay():
             self._step_async(touched)
         else:
             self._step_sync(touched)
@@ -277,6 +279,8 @@ class LLMEngine:
         prof.mark("accept")
         self._append(entries, touched)
         self._close_near_limit(entries)
+        if self.async_scheduling:
+            self._look_ahead(entries)
         prof.mark("resolve")
         for item in batch.scheduled:
             item.seq.draft_token_ids = []
@@ -353,6 +357,8 @@ class LLMEngine:
             self._fail_unfilled(self.grammar_step.wait_fill(), touched)
             prof.mark("masks")
         self._close_near_limit(entries)
+        if self.async_scheduling:
+            self._look_ahead(entries)
         return True
 
     def _launch_sampling(self, plan: SamplingPlan, logits: torch.Tensor) -> None:
@@ -447,19 +453,43 @@ class LLMEngine:
             if seq.matcher is not None and not seq.is_finished:
                 self.closer.check(seq, self.stop_checker)
 
+    def _drafts_pay(self) -> bool:
+        """With async scheduling, whether this step should run synchronously to verify the
+        tokens grammars force: worth one step without overlap when the forced runs known
+        from the last resolved tokens add a quarter of a step's output or more."""
+        if not self._forced_ahead:
+            return False
+        extra = sum(max(seq.num_forced_ahead - 1, 0) for seq in self.scheduler.running)
+        return 4 * extra >= len(self.scheduler.running)
+
+    def _look_ahead(self, entries: list[TokenEntry]) -> None:
+        """Count the tokens each fast-forwarding sequence's grammar forces next."""
+        self._forced_ahead = False
+        for seq, _, _ in entries:
+            if seq.is_finished or not self._uses_forced(seq):
+                continue
+            seq.num_forced_ahead = len(seq.matcher.forced_tokens())
+            self._forced_ahead |= seq.num_forced_ahead > 1
+
+    def _uses_forced(self, seq: Sequence) -> bool:
+        if seq.matcher is None:
+            return False
+        forced = seq.params.fast_forward
+        if forced is None:
+            forced = self.config.fast_forward or self.config.speculative is not None
+        return forced and seq.logprobs is None and not _has_penalties(seq.params)
+
     def _propose_drafts(self) -> None:
         """Drafts for the running decodes (synchronous loop only): the tokens grammars
         force (`fast_forward`), then n-gram matches (`speculative`)."""
         config = self.config
-        default_forced = config.fast_forward or config.speculative is not None
         for seq in self.scheduler.running:
             if seq.num_uncomputed_tokens != 1 or seq.num_pending_tokens:
                 continue
             params = seq.params
             if seq.logprobs is not None or _has_penalties(params):
                 continue
-            use_forced = (params.fast_forward if params.fast_forward is not None
-                          else default_forced) and seq.matcher is not None
+            use_forced = self._uses_forced(seq)
             use_ngram = config.speculative == "ngram" and params.speculative is not False
             if use_forced or use_ngram:
                 seq.draft_token_ids = self.proposer.propose(seq, use_forced, use_ngram)

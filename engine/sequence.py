@@ -65,6 +65,7 @@ class Sequence:
         self.num_draft_tokens_total = 0
         self.num_accepted_draft_tokens_total = 0
         self.ngram_index: Any = None  # the proposer's index of this sequence's n-grams
+        self.num_forced_ahead = 0  # tokens its grammar forces after the last resolved token
         # Always-valid endings (see structure_closer.py): tokens that end the grammar when
         # appended at position `completion_at` of `token_ids`.
         self.completion: list[int] | None = None

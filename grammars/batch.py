@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import xgrammar
 
-from corral.grammars.bitmask import mask_executor
+from corral.grammars.bitmask import grammar_threads, mask_executor
 from corral.grammars.llguidance_backend import LLGuidanceMatcher
 from corral.grammars.matcher import Matcher
 from corral.grammars.xgrammar_matcher import XGrammarMatcher
@@ -46,9 +46,9 @@ def accept_tokens(matchers: Sequence[Matcher], token_ids: Sequence[int]) -> list
                 results[i] = verdict
         else:
             results[i] = matcher.accept_token(token_id)
-    if len(llg_rows) == 1:
-        i = llg_rows[0]
-        results[i] = matchers[i].accept_token(token_ids[i])
+    if len(llg_rows) == 1 or (llg_rows and grammar_threads() == 1):
+        for i in llg_rows:
+            results[i] = matchers[i].accept_token(token_ids[i])
     elif llg_rows:
         verdicts = mask_executor().consume_token_par(llg_pairs)
         no_entry = set(unrecorded)

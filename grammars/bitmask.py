@@ -26,7 +26,17 @@ _executor_lock = threading.Lock()
 
 
 def _num_threads() -> int:
-    return max(1, int(os.environ.get("CORRAL_MASK_THREADS", min(8, os.cpu_count() or 1))))
+    return grammar_threads()
+
+
+def grammar_threads() -> int:
+    """Threads for batched grammar work: CORRAL_MASK_THREADS, else up to 8 where there are
+    4 cores or more, else 1. With 1, batches run row by row on the calling thread: on a
+    2-core machine a pool's spinning threads would slow the model's own threads more
+    than they save."""
+    cores = os.cpu_count() or 1
+    default = min(8, cores) if cores >= 4 else 1
+    return max(1, int(os.environ.get("CORRAL_MASK_THREADS", default)))
 
 
 def mask_executor() -> llguidance.LLExecutor:
@@ -90,10 +100,10 @@ def fill_bitmasks(matchers: Sequence[Matcher], bitmask: torch.Tensor,
         xgr_matchers[0].fill_next_token_bitmask(bitmask, xgr_rows[0])
     elif xgr_matchers:
         xgrammar_batch().batch_fill_next_token_bitmask(xgr_matchers, bitmask, xgr_rows)
-    if len(batch) == 1:
-        matchers_row = batch[0]
-        target = bitmask[matchers_row[1]]
-        matchers_row[0].unsafe_compute_mask_ptr(target.data_ptr(), target.numel() * 4)
+    if len(batch) == 1 or (batch and grammar_threads() == 1):
+        width_bytes = bitmask.shape[1] * 4
+        for inner, row in batch:
+            inner.unsafe_compute_mask_ptr(bitmask[row].data_ptr(), width_bytes)
     elif batch:
         width_bytes = bitmask.shape[1] * 4
         mask_executor().unsafe_compute_mask_ptr(batch, bitmask.data_ptr(), width_bytes,

@@ -58,7 +58,10 @@ def assert_same(batched, single) -> None:
         assert torch.equal(sa[4], sb[4])
 
 
-def test_accept_tokens_equals_accept_token_row_by_row(compiler, hf_tokenizer):
+@pytest.mark.parametrize("threads", ["1", "4"])  # row by row; llguidance's parallel call
+def test_accept_tokens_equals_accept_token_row_by_row(compiler, hf_tokenizer, monkeypatch,
+                                                      threads):
+    monkeypatch.setenv("CORRAL_MASK_THREADS", threads)
     compiled = [compiler.compile(spec) for spec, _ in ROWS]
     batched = [c.matcher() for c in compiled]
     single = [c.matcher() for c in compiled]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 import torch
 
 from corral.engine.logits_process import allocate_bitmask
@@ -37,7 +38,10 @@ def _fresh(compiler, tokens: list[int]) -> torch.Tensor:
     return bitmask[0]
 
 
-def test_cached_masks_equal_computed_ones_on_random_walks(compiler, hf_tokenizer):
+@pytest.mark.parametrize("threads", ["1", "4"])
+def test_cached_masks_equal_computed_ones_on_random_walks(compiler, hf_tokenizer, monkeypatch,
+                                                          threads):
+    monkeypatch.setenv("CORRAL_MASK_THREADS", threads)
     compiled = compiler.compile(S(json=SCHEMA))
     rng = random.Random(0)
     store = shared_store()
