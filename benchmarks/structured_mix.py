@@ -43,7 +43,7 @@ from corral.grammars import GrammarCompiler  # noqa: E402
 from corral.grammars.mask_cache import shared_store  # noqa: E402
 
 PHASES = ("schedule", "draft", "forward", "wait_device", "accept", "resolve", "masks",
-          "sample", "outputs")
+          "close", "sample", "outputs")
 
 
 def pct(values: list[float], q: float) -> float:

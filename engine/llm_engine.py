@@ -278,10 +278,11 @@ class LLMEngine:
         self._accept_grammar(entries)
         prof.mark("accept")
         self._append(entries, touched)
+        prof.mark("resolve")
         self._close_near_limit(entries)
         if self.async_scheduling:
             self._look_ahead(entries)
-        prof.mark("resolve")
+        prof.mark("close")
         for item in batch.scheduled:
             item.seq.draft_token_ids = []
         self.last_step_idle = False
@@ -346,6 +347,7 @@ class LLMEngine:
             seq = item.seq
             if _drop_pending(seq) and not seq.is_finished:
                 entries.append((seq, [sampled.token_ids[row]], [sampled.logprobs[row]]))
+        self.stats.num_decode_passes += len(entries)
         self._accept_grammar(entries)
         prof.mark("accept")
         if next_jobs is not None:
@@ -357,6 +359,7 @@ class LLMEngine:
             self._fail_unfilled(self.grammar_step.wait_fill(), touched)
             prof.mark("masks")
         self._close_near_limit(entries)
+        prof.mark("close")
         if self.async_scheduling:
             self._look_ahead(entries)
         return True

@@ -71,6 +71,7 @@ class Sequence:
         self.completion: list[int] | None = None
         self.completion_at = 0
         self.completion_checked_at = 0
+        self.stale_searched_at = 0  # tokens past `completion_at` at the last search
 
     @property
     def num_tokens(self) -> int:

@@ -28,9 +28,9 @@ FAR = 512  # tokens left above which nothing is computed
 NEAR = 4  # tokens left beyond the kept completion under which it is checked every step
 SLACK = 32  # ... every 4 steps under this margin
 REFRESH_EVERY = 16  # ... and every 16 steps above it
-NEAR_END = 8  # tokens left under which a changed structure is searched for at once
-MAX_TAKE_BACK = 8  # tokens since the kept completion worth a search to keep
-NODE_BUDGET = 64  # search nodes per completion search on the engine's loop
+NEAR_END = 8  # tokens left at which a changed structure is searched for (each step)
+STALE_SEARCH = 24  # tokens since the kept completion at which a changed structure is too
+NODE_BUDGET = 48  # search nodes per completion search on the engine's loop
 NO_COMPLETION_LIMIT = 256  # budgets a grammar with no start completion found ends at once
 
 
@@ -101,16 +101,21 @@ class StructureCloser:
                 stop_checker.finish(seq, "stop")
             return
         # The model changed the structure since the kept completion. Rolling back to it
-        # stays possible; a search (the costly part) only runs when the tokens since it
-        # would be many to lose, or the end is near.
+        # stays possible, so a search (the costly part) runs only when the tokens a roll
+        # back would lose grow many, and when the end is near, to end from where the model
+        # is rather than from where the kept completion starts.
         since = seq.num_tokens - seq.completion_at
-        if since >= MAX_TAKE_BACK or left <= NEAR_END:
-            found = self._search(seq, left) if left > 0 else None
-            if found is not None:
-                self._keep(seq, found)
-                return
-        if left <= NEAR_END:
-            self._close(seq, stop_checker)
+        if left > NEAR_END and (since < STALE_SEARCH or since - seq.stale_searched_at
+                                < STALE_SEARCH):
+            return
+        seq.stale_searched_at = since
+        found = self._search(seq, left) if left > 0 else None
+        if found is None and left > NEAR_END:
+            return  # try again later; the kept completion still stands
+        if found is not None:
+            self._keep(seq, found)
+            return
+        self._close(seq, stop_checker)
 
     def _still_applies(self, seq: Sequence, left: int) -> list[int] | None:
         """The kept completion from here (the model may have written some of it, or its
@@ -146,6 +151,7 @@ class StructureCloser:
     def _keep(self, seq: Sequence, completion: list[int]) -> None:
         seq.completion = completion
         seq.completion_at = seq.num_tokens
+        seq.stale_searched_at = 0
 
     def _search(self, seq: Sequence, max_tokens: int) -> list[int] | None:
         from corral.grammars.completion import shortest_completion
