@@ -437,6 +437,8 @@ class LLMEngine:
             if not accepted and not seq.is_finished:
                 self._fail(seq.request, f"structured_outputs: grammar rejected token "
                                         f"{tokens} ({seq.matcher.error_message})")
+            # Read now: from here to the fill's end the matchers are the fill worker's.
+            seq.is_grammar_terminated = seq.matcher.is_terminated()
 
     def _append(self, entries: list[TokenEntry], touched: dict[str, Request]) -> None:
         now = time.monotonic()

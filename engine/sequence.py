@@ -46,6 +46,7 @@ class Sequence:
         self.status = SequenceStatus.WAITING
         self.generator = generator
         self.matcher: Any = None  # grammar matcher (a MaskProcessor), once compiled
+        self.is_grammar_terminated = False  # the matcher's state after the last accept
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
         self.logprobs: list[TokenLogprob] | None = [] if self.params.logprobs is not None else None

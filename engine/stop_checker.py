@@ -4,7 +4,8 @@ A sequence stops at (in this order of precedence) its end-of-sequence token, one
 stop token ids, a completed grammar, `max_tokens`, the end of the context, or a stop string
 in its text (stop strings are checked on the detokenized text and cut from it). The grammar
 has already accepted the tokens (the engine accepts a whole step's tokens in one batched
-call), so a completed grammar is read off the matcher after the last of them.
+call) and noted whether it is complete (`Sequence.is_grammar_terminated`): the matchers are
+the mask-fill worker's while tokens are appended.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ class StopChecker:
             reason, check_stops = "stop", False
         elif token in params.stop_token_ids and past_min:
             reason, seq.stop_reason, check_stops = "stop", token, False
-        elif grammar_done and seq.matcher is not None and seq.matcher.is_terminated():
+        elif grammar_done and seq.is_grammar_terminated:
             reason = "stop"
         elif seq.completion is not None and params.close_structures:
             pass  # the structure closer ends it at the limit (see structure_closer.py)

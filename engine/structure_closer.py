@@ -143,6 +143,7 @@ class StructureCloser:
             if not matcher.accept_token(token):
                 stop_checker.finish(seq, "length")  # cannot happen: it was checked
                 return
+        seq.is_grammar_terminated = matcher.is_terminated()
         self.num_closed += 1
         stop_checker.append_forced(seq, completion)
         if not seq.is_finished:
