@@ -26,7 +26,7 @@ def _engine(**kwargs) -> LLM:
     # The tokenizer: the embedded model's, or a model folder's ($CORRAL_GPU_TEST_MODEL).
     return LLM(os.environ.get("CORRAL_GPU_TEST_MODEL"), shape="llama3-1b", load_format="dummy",
                dtype="float32", device="cuda", max_num_seqs=16, max_model_len=2048,
-               enable_prefix_caching=False, gpu_memory_utilization=0.3, **kwargs)
+               enable_prefix_caching=False, num_blocks=1024, **kwargs)
 
 
 def _workload(vocab_size: int) -> tuple[list[list[int]], list[SamplingParams]]:
