@@ -43,7 +43,7 @@ from corral.grammars import GrammarCompiler  # noqa: E402
 from corral.grammars.mask_cache import shared_store  # noqa: E402
 
 PHASES = ("schedule", "draft", "forward", "wait_device", "accept", "resolve", "masks",
-          "close", "sample", "outputs")
+          "sample", "close", "look_ahead", "outputs")
 
 
 def pct(values: list[float], q: float) -> float:
@@ -175,8 +175,8 @@ def main() -> None:
     ap.add_argument("--num-tools", type=int, default=24)
     ap.add_argument("--concurrency", default="16,64")
     ap.add_argument("--requests-per-level", type=int, default=0,
-                    help="requests per concurrency level (0: 2x the level, at least one "
-                         "per grammar of the mix)")
+                    help="requests per concurrency level (0: 4x the level, at least two "
+                         "per grammar of the mix, so that the last requests' tail is short)")
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--no-timeline", action="store_true")
@@ -221,7 +221,7 @@ def main() -> None:
     shuffled = list(range(len(items)))
     random.Random(args.seed).shuffle(shuffled)  # every level draws across all kinds
     for level in levels:
-        count = args.requests_per_level or max(2 * level, len(items))
+        count = args.requests_per_level or max(4 * level, 2 * len(items))
         order = [shuffled[i % len(items)] for i in range(count)]
         prompts = [prompt_ids[i] for i in order]
         constrained = [SamplingParams(temperature=0, max_tokens=args.max_tokens,
@@ -235,8 +235,10 @@ def main() -> None:
         closer = engine.closer
         print(f"  {level} in flight: completion searches {closer.num_searches} "
               f"({closer.search_seconds:.2f} s), outputs closed at the limit "
-              f"{closer.num_closed}", flush=True)
+              f"{closer.num_closed} (tokens taken back {closer.num_taken_back}, appended "
+              f"{closer.num_appended})", flush=True)
         closer.num_searches, closer.search_seconds, closer.num_closed = 0, 0.0, 0
+        closer.num_taken_back = closer.num_appended = 0
         cache_share = cache_hits / max(cache_hits + store.misses - misses0, 1)
         lengths = [len(o.outputs[0].token_ids) if o and not o.error else 0 for o in outs]
         errors = sum(1 for o in outs if o is None or o.error)

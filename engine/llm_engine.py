@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 import time
 from typing import Any
 
@@ -114,6 +115,7 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self._arrivals = itertools.count()
         self._grammar: Any = None
+        self._grammar_lock = threading.Lock()
         # Async scheduling: step N+1 is scheduled and launched before step N's tokens are
         # read back. N-gram drafts need step N's tokens to draft step N+1, so they run the
         # synchronous loop; grammar-forced drafts (fast_forward) take a synchronous step
@@ -159,16 +161,18 @@ class LLMEngine:
     @property
     def grammar(self):
         """The grammar compiler (created on first use)."""
-        if self._grammar is None:
-            from corral.grammars import GrammarCompiler
-
-            self._grammar = GrammarCompiler(
-                self.tokenizer, self.vocab_size, self.eos_token_ids,
-                default_backend=self.config.grammar_backend,
-                timeout=self.config.grammar_compile_timeout,
-                max_workers=self.config.grammar_compile_threads,
-            )
+        with self._grammar_lock:  # first use may come from the API's threads too
+            if self._grammar is None:
+                self._grammar = self._make_grammar_compiler()
         return self._grammar
+
+    def _make_grammar_compiler(self):
+        from corral.grammars import GrammarCompiler
+
+        return GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_token_ids,
+                               default_backend=self.config.grammar_backend,
+                               timeout=self.config.grammar_compile_timeout,
+                               max_workers=self.config.grammar_compile_threads)
 
     # ---- requests ---------------------------------------------------------------------
 
@@ -246,6 +250,7 @@ class LLMEngine:
         """Draft, schedule, compute, sample and resolve one step."""
         prof = self.profile
         resolved = self._resolve_in_flight(touched)  # left by async scheduling, if switched
+        self._settle(resolved)
         self._poll_grammars(touched)
         self._propose_drafts()
         prof.mark("draft")
@@ -253,7 +258,7 @@ class LLMEngine:
         self.stats.num_preemptions = self.scheduler.num_preemptions
         prof.mark("schedule")
         if batch.is_empty:
-            self.last_step_idle = not resolved and not touched
+            self.last_step_idle = resolved is None and not touched
             return
         _mark_first_scheduled(batch)
         plan = SamplingPlan(batch)
@@ -279,10 +284,7 @@ class LLMEngine:
         prof.mark("accept")
         self._append(entries, touched)
         prof.mark("resolve")
-        self._close_near_limit(entries)
-        if self.async_scheduling:
-            self._look_ahead(entries)
-        prof.mark("close")
+        self._settle(entries)
         for item in batch.scheduled:
             item.seq.draft_token_ids = []
         self.last_step_idle = False
@@ -319,7 +321,9 @@ class LLMEngine:
             self._advance(batch, touched)
             self._launch_sampling(plan, logits)
             prof.mark("sample")
-        self.last_step_idle = batch.is_empty and not resolved and not touched
+        # Off the critical path: N+1's sampling is queued behind its forward pass.
+        self._settle(resolved)
+        self.last_step_idle = batch.is_empty and resolved is None and not touched
 
     def _pending_tokens(self) -> PendingTokens | None:
         if self._in_flight is None:
@@ -330,15 +334,16 @@ class LLMEngine:
         return PendingTokens(launched.token_ids, rows)
 
     def _resolve_in_flight(self, touched: dict[str, Request],
-                           next_jobs: MaskJobs | None = None) -> bool:
+                           next_jobs: MaskJobs | None = None) -> list[TokenEntry] | None:
         """Read back the last launched sample and resolve its tokens; start filling the
-        next step's masks (`next_jobs`) as soon as the grammars have accepted them."""
+        next step's masks (`next_jobs`) as soon as the grammars have accepted them. Returns
+        the resolved entries (None if nothing was in flight), for `_settle`."""
         prof = self.profile
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is None:
             if next_jobs is not None:
                 self.grammar_step.start_fill(next_jobs)
-            return False
+            return None
         launched, plan = in_flight
         sampled = self.sampler.read(launched)
         prof.mark("wait_device")
@@ -358,11 +363,35 @@ class LLMEngine:
             # The matchers are the worker's until the fill is done.
             self._fail_unfilled(self.grammar_step.wait_fill(), touched)
             prof.mark("masks")
-        self._close_near_limit(entries)
-        prof.mark("close")
+        return entries
+
+    def _settle(self, entries: list[TokenEntry] | None) -> None:
+        """After resolving step N's tokens: steer constrained sequences near their limit
+        to a valid end, and count the tokens their grammars force next.
+
+        With async scheduling this runs once step N+1's sampling is queued, so a sequence
+        may hold N+1's pending token: it is set aside meanwhile (the matchers are at step N's
+        state), and dropped for good if the sequence ends here (its row of N+1 is wasted).
+        """
+        if not entries:
+            return
+        for seq, _, _ in entries:
+            if seq.matcher is None or seq.is_finished:
+                continue
+            pending = seq.num_pending_tokens
+            if pending:
+                del seq.token_ids[-pending:]
+                seq.num_pending_tokens = 0
+            self.closer.check(seq, self.stop_checker)
+            if pending and not seq.is_finished:
+                seq.token_ids.extend([PENDING_TOKEN] * pending)
+                seq.num_pending_tokens = pending
+            elif pending:
+                seq.last_token_pending = False
+        self.profile.mark("close")
         if self.async_scheduling:
             self._look_ahead(entries)
-        return True
+            self.profile.mark("look_ahead")
 
     def _launch_sampling(self, plan: SamplingPlan, logits: torch.Tensor) -> None:
         """Queue the sampling of step N+1; its tokens stay pending on the device."""
@@ -451,12 +480,6 @@ class LLMEngine:
                 metrics.first_token_time = now
             metrics.last_token_time = now
             self.stop_checker.append(seq, tokens, logprobs)
-
-    def _close_near_limit(self, entries: list[TokenEntry]) -> None:
-        """Steer constrained sequences near their token limit to a valid end."""
-        for seq, _, _ in entries:
-            if seq.matcher is not None and not seq.is_finished:
-                self.closer.check(seq, self.stop_checker)
 
     def _drafts_pay(self) -> bool:
         """With async scheduling, whether this step should run synchronously to verify the

@@ -28,9 +28,13 @@ FAR = 512  # tokens left above which nothing is computed
 NEAR = 4  # tokens left beyond the kept completion under which it is checked every step
 SLACK = 32  # ... every 4 steps under this margin
 REFRESH_EVERY = 16  # ... and every 16 steps above it
+CLOSE_MARGIN = 2  # spare tokens under which a completion that applies is appended at once
 NEAR_END = 8  # tokens left at which a changed structure is searched for (each step)
 STALE_SEARCH = 24  # tokens since the kept completion at which a changed structure is too
-NODE_BUDGET = 48  # search nodes per completion search on the engine's loop
+NODE_BUDGET = 48  # search nodes per completion search on the engine's loop, at least
+MAX_NODE_BUDGET = 256  # ... at most: twice the kept completion's length (a longer way out
+# needs a larger search; a failed one costs a roll back past every token since)
+TAIL_STARTS = 8  # tails of the kept completion tried when it no longer applies whole
 NO_COMPLETION_LIMIT = 256  # budgets a grammar with no start completion found ends at once
 
 
@@ -43,6 +47,8 @@ class StructureCloser:
         self.num_searches = 0
         self.search_seconds = 0.0
         self.num_closed = 0
+        self.num_taken_back = 0  # generated tokens given up to close a structure
+        self.num_appended = 0  # completion tokens appended without a forward pass
 
     @staticmethod
     def applies(seq: Sequence) -> bool:
@@ -87,7 +93,7 @@ class StructureCloser:
                 seq.completion_checked_at = seq.num_tokens
                 found = self._search(seq, left)
                 if found is not None:
-                    self._keep(seq, found)
+                    self._keep_or_close(seq, found, left, stop_checker)
             return
         margin = left - len(kept)
         every = 1 if margin <= NEAR else (4 if margin <= SLACK else REFRESH_EVERY)
@@ -96,9 +102,7 @@ class StructureCloser:
         seq.completion_checked_at = seq.num_tokens
         still = self._still_applies(seq, left)  # a few accepts and a rollback
         if still is not None:
-            self._keep(seq, still)
-            if left == 0:
-                stop_checker.finish(seq, "stop")
+            self._keep_or_close(seq, still, left, stop_checker)
             return
         # The model changed the structure since the kept completion. Rolling back to it
         # stays possible, so a search (the costly part) runs only when the tokens a roll
@@ -113,9 +117,17 @@ class StructureCloser:
         if found is None and left > NEAR_END:
             return  # try again later; the kept completion still stands
         if found is not None:
-            self._keep(seq, found)
+            self._keep_or_close(seq, found, left, stop_checker)
             return
         self._close(seq, stop_checker)
+
+    def _keep_or_close(self, seq: Sequence, completion: list[int], left: int,
+                       stop_checker: StopChecker) -> None:
+        """Keep a completion that applies from here; append it at once (nothing taken back)
+        when it leaves too little room for the model to go elsewhere and come back."""
+        self._keep(seq, completion)
+        if left - len(completion) <= CLOSE_MARGIN:
+            self._close(seq, stop_checker)
 
     def _still_applies(self, seq: Sequence, left: int) -> list[int] | None:
         """The kept completion from here (the model may have written some of it, or its
@@ -124,7 +136,8 @@ class StructureCloser:
         new = seq.token_ids[seq.completion_at:]
         if kept[:since] == new and len(kept) - since <= left:
             return kept[since:]  # the model wrote the completion's own tokens
-        for start in range(len(kept)):
+        # Its tail from a few tokens in: the model may have written a closer of its own.
+        for start in range(min(len(kept), TAIL_STARTS)):
             tail = kept[start:]
             if len(tail) <= left and _ends_after(seq.matcher, tail):
                 return tail
@@ -145,6 +158,8 @@ class StructureCloser:
                 return
         seq.is_grammar_terminated = matcher.is_terminated()
         self.num_closed += 1
+        self.num_taken_back += num_back
+        self.num_appended += len(completion)
         stop_checker.append_forced(seq, completion)
         if not seq.is_finished:
             stop_checker.finish(seq, "stop")
@@ -158,8 +173,10 @@ class StructureCloser:
         from corral.grammars.completion import shortest_completion
 
         start = time.perf_counter()
+        kept = len(seq.completion) if seq.completion is not None else 0
+        budget = min(max(NODE_BUDGET, 2 * kept), MAX_NODE_BUDGET)
         found = shortest_completion(seq.matcher, max_tokens, vocab=self.vocab(),
-                                    node_budget=NODE_BUDGET)
+                                    node_budget=budget)
         self.num_searches += 1
         self.search_seconds += time.perf_counter() - start
         return found

@@ -73,3 +73,26 @@ def test_closing_the_stream_aborts_and_frees_blocks(engine):
     run(main())
     assert not engine.engine.has_unfinished_requests()
     assert engine.engine.block_manager.num_free_blocks == free_before
+
+
+def test_grammar_work_never_waits_for_the_engine_lock(engine):
+    """Validation and registration run on API threads without the lock that the engine
+    thread holds through each step: a request's validation could otherwise starve."""
+    import threading
+
+    from corral.engine import StructuredOutputsParams
+
+    spec = StructuredOutputsParams(json={"type": "object", "properties": {"a": {"type": "integer"}}})
+    done = threading.Event()
+
+    def work():
+        engine.validate_structured(spec)
+        engine.register_grammar("lock-free-check", 'start: "yes" | "no"')
+        engine.unregister_grammar("lock-free-check")
+        done.set()
+
+    with engine._lock:  # as during a long engine step
+        worker = threading.Thread(target=work)
+        worker.start()
+        assert done.wait(30), "grammar work waited for the engine lock"
+    worker.join()
