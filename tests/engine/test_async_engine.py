@@ -82,7 +82,8 @@ def test_grammar_work_never_waits_for_the_engine_lock(engine):
 
     from corral.engine import StructuredOutputsParams
 
-    spec = StructuredOutputsParams(json={"type": "object", "properties": {"a": {"type": "integer"}}})
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    spec = StructuredOutputsParams(json=schema)
     done = threading.Event()
 
     def work():
