@@ -152,12 +152,12 @@ def print_grammar_table(times: dict[str, list[float]], walks: dict[str, dict]) -
 
 def print_timeline(level: int, free: dict[str, float], constrained: dict[str, float]) -> None:
     keys = ["steps", "batch"] + [f"host_{p}" for p in PHASES] + [
-        "host_total", "device_forward", "device_sample", "gap_before_sample",
-        "gap_before_forward", "device_step"]
+        "host_total", "host_total_p99", "device_forward", "device_sample", "gap_before_sample",
+        "gap_before_forward", "device_step", "host_total_s", "device_busy_s", "device_idle_s"]
     print(f"  timeline at {level} in flight (median per step):   {'free':>9} {'constrained':>12}")
     for key in keys:
         if key in free or key in constrained:
-            unit = "" if key in ("steps", "batch") else " ms"
+            unit = "" if key in ("steps", "batch") else (" s" if key.endswith("_s") else " ms")
             print(f"    {key:<34} {free.get(key, float('nan')):>9.2f} "
                   f"{constrained.get(key, float('nan')):>12.2f}{unit}")
 
@@ -180,6 +180,10 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--max-model-len", type=int, default=4096)
     ap.add_argument("--no-timeline", action="store_true")
+    ap.add_argument("--no-close", action="store_true",
+                    help="let max_tokens cut constrained outputs (close_structures off)")
+    ap.add_argument("--fast-forward", action="store_true",
+                    help="verify the tokens grammars force ahead, several per forward pass")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -187,7 +191,8 @@ def main() -> None:
     llm = LLM(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype,
               shape=args.shape, load_format=args.load_format, max_num_seqs=max(levels),
               max_model_len=args.max_model_len, enable_prefix_caching=False,
-              grammar_backend=args.grammar_backend)
+              grammar_backend=args.grammar_backend,
+              fast_forward=args.fast_forward)
     engine = llm.engine
 
     def compiles(constraint) -> bool:
@@ -225,7 +230,8 @@ def main() -> None:
         order = [shuffled[i % len(items)] for i in range(count)]
         prompts = [prompt_ids[i] for i in order]
         constrained = [SamplingParams(temperature=0, max_tokens=args.max_tokens,
-                                      structured_outputs=items[i].constraint) for i in order]
+                                      structured_outputs=items[i].constraint,
+                                      close_structures=not args.no_close) for i in order]
         gc.collect()
         store = shared_store()
         hits0, misses0 = store.hits, store.misses

@@ -375,6 +375,7 @@ class LLMEngine:
         """
         if not entries:
             return
+        self.closer.begin_step()
         for seq, _, _ in entries:
             if seq.matcher is None or seq.is_finished:
                 continue

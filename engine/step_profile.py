@@ -78,8 +78,9 @@ class StepProfiler:
             self._current.cpu_forward_seconds += seconds
 
     def summary(self, skip_empty: bool = True) -> dict[str, float]:
-        """Median milliseconds per step: each host phase, host total, device busy and the
-        device's idle gaps (GPU), over the steps that ran a batch."""
+        """Median milliseconds per step: each host phase, host total (and its p99), device
+        busy and the device's idle gaps (GPU), over the steps that ran a batch; totals over
+        the run in seconds (keys ending in `_s`)."""
         if self.is_cuda:
             torch.cuda.synchronize()
         steps = [r for r in self.records if r.num_seqs or not skip_empty]
@@ -90,7 +91,10 @@ class StepProfiler:
                                  "batch": statistics.median(r.num_seqs for r in steps)}
         for phase in phases:
             out[f"host_{phase}"] = 1e3 * statistics.median(r.host.get(phase, 0.0) for r in steps)
-        out["host_total"] = 1e3 * statistics.median(sum(r.host.values()) for r in steps)
+        totals = sorted(sum(r.host.values()) for r in steps)
+        out["host_total"] = 1e3 * statistics.median(totals)
+        out["host_total_p99"] = 1e3 * totals[min(len(totals) - 1, int(0.99 * len(totals)))]
+        out["host_total_s"] = sum(totals)
         if self.is_cuda:
             out.update(self._device_summary(steps))
         else:
@@ -118,6 +122,9 @@ class StepProfiler:
                              ("gap_before_forward", gap_forward), ("device_step", wall)):
             if values:
                 out[name] = statistics.median(values)
+        # Totals over the run (seconds): where the time went beyond the median step.
+        out["device_busy_s"] = (sum(forward) + sum(sample)) / 1e3
+        out["device_idle_s"] = (sum(gap_sample) + sum(gap_forward)) / 1e3
         return out
 
 

@@ -10,7 +10,8 @@ instead, and the sequence ends with finish_reason "stop". A sequence whose gramm
 completion (searched once per grammar, in the compile thread) does not fit its whole budget
 ends at once, with no output, finish_reason "length".
 
-Work is bounded: nothing is computed while the limit is far; in the watch zone the kept
+Work is bounded: nothing is computed while the limit is far (how far depends on the kept
+completion's length: a longer one needs more time to be re-found); in the watch zone the kept
 completion is first re-checked from the new state (a few accepts and a rollback), and only
 a completion that no longer applies triggers a search.
 """
@@ -25,14 +26,16 @@ from .sequence import Sequence
 from .stop_checker import StopChecker
 
 FAR = 512  # tokens left above which nothing is computed
+WATCH = 96  # ... with a completion kept: above this plus twice its length
 NEAR = 4  # tokens left beyond the kept completion under which it is checked every step
 SLACK = 32  # ... every 4 steps under this margin
 REFRESH_EVERY = 16  # ... and every 16 steps above it
 CLOSE_MARGIN = 2  # spare tokens under which a completion that applies is appended at once
 NEAR_END = 8  # tokens left at which a changed structure is searched for (each step)
 STALE_SEARCH = 24  # tokens since the kept completion at which a changed structure is too
+SEARCHES_PER_STEP = 1  # searches per engine step that could wait (the end is not near)
 NODE_BUDGET = 48  # search nodes per completion search on the engine's loop, at least
-MAX_NODE_BUDGET = 256  # ... at most: twice the kept completion's length (a longer way out
+MAX_NODE_BUDGET = 192  # ... at most: twice the kept completion's length (a longer way out
 # needs a larger search; a failed one costs a roll back past every token since)
 TAIL_STARTS = 8  # tails of the kept completion tried when it no longer applies whole
 NO_COMPLETION_LIMIT = 256  # budgets a grammar with no start completion found ends at once
@@ -47,6 +50,7 @@ class StructureCloser:
         self.num_searches = 0
         self.search_seconds = 0.0
         self.num_closed = 0
+        self._searches_this_step = 0
         self.num_taken_back = 0  # generated tokens given up to close a structure
         self.num_appended = 0  # completion tokens appended without a forward pass
 
@@ -84,12 +88,12 @@ class StructureCloser:
         if seq.is_finished or not self.applies(seq):
             return
         left = self.tokens_left(seq)
-        if left > FAR:
-            return
         kept = seq.completion
+        if left > (FAR if kept is None else min(FAR, WATCH + 2 * len(kept))):
+            return
         since_check = seq.num_tokens - seq.completion_checked_at
         if kept is None:  # no way out known yet: look now and then
-            if since_check >= REFRESH_EVERY or left <= NEAR_END:
+            if left <= NEAR_END or (since_check >= REFRESH_EVERY and self._may_search()):
                 seq.completion_checked_at = seq.num_tokens
                 found = self._search(seq, left)
                 if found is not None:
@@ -110,7 +114,7 @@ class StructureCloser:
         # is rather than from where the kept completion starts.
         since = seq.num_tokens - seq.completion_at
         if left > NEAR_END and (since < STALE_SEARCH or since - seq.stale_searched_at
-                                < STALE_SEARCH):
+                                < STALE_SEARCH or not self._may_search()):
             return
         seq.stale_searched_at = since
         found = self._search(seq, left) if left > 0 else None
@@ -120,6 +124,15 @@ class StructureCloser:
             self._keep_or_close(seq, found, left, stop_checker)
             return
         self._close(seq, stop_checker)
+
+    def begin_step(self) -> None:
+        """A new engine step: its budget of searches that can wait is renewed."""
+        self._searches_this_step = 0
+
+    def _may_search(self) -> bool:
+        """Whether a search that can wait (the end is not near) may run this step: one
+        per step, so that a step's host work stays short; the others run in later steps."""
+        return self._searches_this_step < SEARCHES_PER_STEP
 
     def _keep_or_close(self, seq: Sequence, completion: list[int], left: int,
                        stop_checker: StopChecker) -> None:
@@ -139,7 +152,7 @@ class StructureCloser:
         # Its tail from a few tokens in: the model may have written a closer of its own.
         for start in range(min(len(kept), TAIL_STARTS)):
             tail = kept[start:]
-            if len(tail) <= left and _ends_after(seq.matcher, tail):
+            if len(tail) <= left and seq.matcher.ends_after(tail):
                 return tail
         if left >= 0 and seq.matcher.can_end():
             return []
@@ -178,18 +191,6 @@ class StructureCloser:
         found = shortest_completion(seq.matcher, max_tokens, vocab=self.vocab(),
                                     node_budget=budget)
         self.num_searches += 1
+        self._searches_this_step += 1
         self.search_seconds += time.perf_counter() - start
         return found
-
-
-def _ends_after(matcher: Any, tokens: list[int]) -> bool:
-    """Whether the grammar can end right after `tokens` from here (matcher unchanged)."""
-    if not tokens:
-        return matcher.can_end()
-    if matcher.validate_tokens(tokens) != len(tokens):
-        return False
-    for token in tokens:
-        matcher.accept_token(token)
-    ok = matcher.can_end()
-    matcher.rollback(len(tokens))
-    return ok

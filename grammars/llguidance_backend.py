@@ -195,6 +195,15 @@ class LLGuidanceMatcher(Matcher):
             return 0
         return self.inner.validate_tokens(token_ids)
 
+    def ends_after(self, token_ids: list[int]) -> bool:
+        """One native check: the tokens, then an end-of-sequence token, all accepted."""
+        if self.inner.is_error():
+            return False
+        if not token_ids:
+            return self.can_end()
+        checked = [*token_ids, self._eos_token_ids[0]]
+        return self.inner.validate_tokens(checked) == len(checked)
+
     @property
     def num_accepted(self) -> int:
         return self._num_accepted

@@ -65,6 +65,19 @@ class Matcher(abc.ABC):
         cannot check without risking their state answer 0: no drafts."""
         return 0
 
+    def ends_after(self, token_ids: list[int]) -> bool:
+        """Whether the grammar may end right after `token_ids` from here; the matcher is
+        left as it was."""
+        if not token_ids:
+            return self.can_end()
+        if self.validate_tokens(token_ids) != len(token_ids):
+            return False
+        for token_id in token_ids:
+            self.accept_token(token_id)
+        can_end = self.can_end()
+        self.rollback(len(token_ids))
+        return can_end
+
     @property
     def num_accepted(self) -> int:
         """Number of accepted tokens (EOS included) not rolled back."""

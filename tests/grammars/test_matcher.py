@@ -163,3 +163,21 @@ def test_fill_bitmasks_batch_equals_rows(compiler, hf_tokenizer):
         fill_bitmasks(matchers, batch, [0, 0, 1, 2, 3, 5, 6, 7])
     with pytest.raises(ValueError, match="bitmask"):
         fill_bitmasks(matchers, batch.to(torch.int64), rows)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ends_after_agrees_with_accepting_step_by_step(compiler, hf_tokenizer, backend):
+    """`ends_after` (one native check for llguidance) answers as accepting the tokens,
+    asking `can_end` and rolling back would; the matcher is left as it was."""
+    from corral.grammars.matcher import Matcher
+
+    compiled = compiler.compile(S(json=SCHEMA, backend=backend))
+    ids = hf_tokenizer.encode(TEXT, add_special_tokens=False)
+    for cut in range(len(ids) + 1):
+        matcher = replay(compiled, ids[:cut])
+        before = allowed_ids(matcher)
+        for tail in (ids[cut:], ids[cut:-1], ids[cut:cut + 1], [], [ids[0]]):
+            expected = Matcher.ends_after(matcher, list(tail))
+            assert matcher.ends_after(list(tail)) == expected, (cut, tail)
+        assert torch.equal(allowed_ids(matcher), before)
+        assert matcher.ends_after(ids[cut:]) is True
