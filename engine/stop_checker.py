@@ -69,9 +69,10 @@ class StopChecker:
             reason = "length"
         elif seq.num_tokens >= self.max_model_len:
             reason = "length"
+        searched_up_to = len(seq.detokenizer.text)
         seq.detokenizer.update(seq.token_ids)
         if (check_stops and params.stop and seq.num_output_tokens > params.min_tokens
-                and self._cut_at_stop_string(seq)):
+                and self._cut_at_stop_string(seq, searched_up_to)):
             reason = "stop"
         if reason is None:
             return False
@@ -97,12 +98,19 @@ class StopChecker:
         seq.detokenizer.reset_to(seq.token_ids, seq.num_prompt_tokens)
 
     @staticmethod
-    def _cut_at_stop_string(seq: Sequence) -> bool:
+    def _cut_at_stop_string(seq: Sequence, old_length: int) -> bool:
+        """Cut the text at the first stop string that the newest token completed: only
+        text past `old_length` (the text before it) may hold its end, so text emitted before
+        (under `min_tokens`, say) is never taken back."""
         text = seq.detokenizer.text
+        found: tuple[int, str] | None = None
         for stop in seq.params.stop:
-            index = text.find(stop)
-            if index != -1:
-                seq.detokenizer.text = text[:index]
-                seq.stop_reason = stop
-                return True
+            index = text.find(stop, max(0, old_length - len(stop) + 1))
+            if index != -1 and (found is None or index < found[0]):
+                found = (index, stop)
+        if found is not None:
+            index, stop = found
+            seq.detokenizer.text = text[:index]
+            seq.stop_reason = stop
+            return True
         return False

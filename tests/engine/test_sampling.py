@@ -35,6 +35,26 @@ def test_stop_string_is_cut_and_reported(llm, tokenizer):
     assert completion.finish_reason == "stop" and completion.stop_reason == "Paris"
 
 
+def test_stop_string_under_min_tokens_is_not_cut_later(llm, tokenizer):
+    """A stop string that appeared while `min_tokens` held it off stays in the text: only
+    text added after that may end the output, so nothing already streamed is taken back."""
+    prompt = chat(tokenizer, "What is the capital of France?")
+    full = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=40, min_tokens=40)
+                        )[0].outputs[0]
+    early = full.text.index("Paris")
+    first = next(n for n in range(1, 41)
+                 if "Paris" in tokenizer.decode(full.token_ids[:n], skip_special_tokens=True))
+    held = first + 3  # "Paris" was written before min_tokens allowed a stop
+    out = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=40, min_tokens=held,
+                                              stop=["Paris"]))[0].outputs[0]
+    emitted_under_min = tokenizer.decode(full.token_ids[:held], skip_special_tokens=True)
+    assert out.text.startswith(emitted_under_min)
+    assert len(out.text) > early + len("Paris")
+    if out.finish_reason == "stop":  # a later "Paris" ended it, cut there
+        assert out.stop_reason == "Paris" and out.text == full.text[:full.text.index(
+            "Paris", len(emitted_under_min) - len("Paris") + 1)]
+
+
 def test_max_and_min_tokens(llm, tokenizer):
     prompt = chat(tokenizer, "What is the capital of France?")
     short = llm.generate(prompt, SamplingParams(temperature=0, max_tokens=3))[0].outputs[0]
