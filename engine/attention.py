@@ -15,41 +15,20 @@ and calling SDPA.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
 from corral.kernels import paged_decode_attention_cpu as cpu_decode
+from corral.kernels.attention_metadata import AttentionMetadata
+from corral.kernels.paged_kv_reference import gather_context, write_kv_cache_torch
+
+__all__ = ["AttentionBackend", "AttentionMetadata", "GatherWorkspace", "TorchAttentionBackend",
+           "gather_context", "paged_attention_torch", "write_kv_cache_torch"]
 
 # Whether the native CPU decode kernel is loaded: None until the first CPU decode asks.
 _CPU_DECODE_KERNEL: bool | None = None
-
-
-@dataclass
-class AttentionMetadata:
-    """Per-step attention inputs, built by the model runner alone.
-
-    Tensors live on the model's device. Sequences are ordered decodes first (query length
-    1), then prefills (chunks), so `num_decodes` leading sequences form a pure-decode batch.
-    """
-
-    query_start_loc: torch.Tensor  # int32 [num_seqs + 1], cumulative new-token counts
-    seq_lens: torch.Tensor  # int32 [num_seqs], context length incl. this step's tokens
-    block_tables: torch.Tensor  # int32 [num_seqs, max_blocks_per_seq], padded with 0
-    slot_mapping: torch.Tensor  # int64 [num_tokens], -1 for padding tokens
-    num_decodes: int  # leading sequences with exactly one new token
-    num_decode_tokens: int  # == num_decodes
-    max_query_len: int
-    max_seq_len: int
-    # Host copies for the torch backend's per-sequence loop (no device sync needed).
-    query_start_loc_cpu: list[int] | None = None
-    seq_lens_cpu: list[int] | None = None
-
-    @property
-    def num_seqs(self) -> int:
-        return self.seq_lens.shape[0]
 
 
 class AttentionBackend(Protocol):
@@ -66,45 +45,6 @@ class AttentionBackend(Protocol):
         scale: float,
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
         ...
-
-
-def write_kv_cache_torch(
-    key: torch.Tensor,  # [num_tokens, num_kv_heads, head_dim]
-    value: torch.Tensor,
-    k_cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
-    v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,  # int64 [num_tokens], -1 = skip
-) -> None:
-    """Store each token's K/V at its slot; slots of -1 (padding) are skipped."""
-    valid = slot_mapping >= 0
-    if not bool(valid.all()):
-        key, value, slot_mapping = key[valid], value[valid], slot_mapping[valid]
-    k_flat = k_cache.view(-1, *k_cache.shape[2:])
-    v_flat = v_cache.view(-1, *v_cache.shape[2:])
-    k_flat.index_copy_(0, slot_mapping, key.to(k_cache.dtype))
-    v_flat.index_copy_(0, slot_mapping, value.to(v_cache.dtype))
-
-
-def gather_context(
-    cache: torch.Tensor,  # [num_blocks, block_size, num_kv_heads, head_dim]
-    block_tables: torch.Tensor,  # int32 [num_seqs, max_blocks]
-    num_blocks: int,
-    workspace: torch.Tensor | None = None,  # flat, same dtype/device as cache, large enough
-) -> torch.Tensor:  # [num_seqs, num_blocks * block_size, num_kv_heads, head_dim]
-    """Copy each sequence's first `num_blocks` blocks into one contiguous tensor.
-
-    With a `workspace` the copy lands in it (a view of its front is returned), so no fresh
-    buffer is allocated: on CPU a fresh buffer of tens of MB is new memory from the OS on
-    every call, and its page faults cost several times the copy itself.
-    """
-    index = block_tables[:, :num_blocks].reshape(-1).long()
-    rows = cache.view(cache.shape[0], -1)  # [num_blocks, block_size * Hkv * D]
-    if workspace is None:
-        blocks = rows.index_select(0, index)
-    else:
-        out = workspace[: index.numel() * rows.shape[1]].view(index.numel(), rows.shape[1])
-        blocks = torch.index_select(rows, 0, index, out=out)
-    return blocks.view(block_tables.shape[0], -1, *cache.shape[2:])
 
 
 class GatherWorkspace:

@@ -8,13 +8,37 @@ that fill packed token bitmasks; the grammar registry.
     fill_bitmasks(matchers, bitmask); accept_tokens(matchers, token_ids)  # batched
 """
 
-from corral.grammars.batch import accept_tokens
-from corral.grammars.bitmask import fill_bitmasks
-from corral.grammars.compiler import GrammarCompiler
-from corral.grammars.draft_masks import fill_bitmasks_with_drafts
-from corral.grammars.matcher import CompiledGrammar, Matcher
-from corral.grammars.registry import GrammarRegistry, RegisteredGrammar
-from corral.grammars.spec import GrammarSpec, normalize_spec
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from corral.grammars.params import StructuredOutputsParams
+
+# The rest loads on first use: the backends' native libraries take a while to import, and
+# the engine's request types (which need only `StructuredOutputsParams`) import this package.
+_LAZY = {
+    "accept_tokens": "corral.grammars.batch",
+    "fill_bitmasks": "corral.grammars.bitmask",
+    "GrammarCompiler": "corral.grammars.compiler",
+    "fill_bitmasks_with_drafts": "corral.grammars.draft_masks",
+    "CompiledGrammar": "corral.grammars.matcher",
+    "Matcher": "corral.grammars.matcher",
+    "GrammarRegistry": "corral.grammars.registry",
+    "RegisteredGrammar": "corral.grammars.registry",
+    "GrammarSpec": "corral.grammars.spec",
+    "normalize_spec": "corral.grammars.spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'corral.grammars' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CompiledGrammar",
@@ -23,6 +47,7 @@ __all__ = [
     "GrammarSpec",
     "Matcher",
     "RegisteredGrammar",
+    "StructuredOutputsParams",
     "accept_tokens",
     "fill_bitmasks",
     "fill_bitmasks_with_drafts",

@@ -9,10 +9,10 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 
-from corral.engine.sampling_params import StructuredOutputsParams
 from corral.grammars.llguidance_backend import LLGuidanceBackend
 from corral.grammars.matcher import CompiledGrammar
 from corral.grammars.outlines_backend import OutlinesBackend
+from corral.grammars.params import StructuredOutputsParams
 from corral.grammars.registry import GrammarRegistry
 from corral.grammars.spec import BACKENDS, GrammarSpec, normalize_spec
 from corral.grammars.xgrammar_backend import XGrammarBackend

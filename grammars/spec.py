@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from corral.engine.sampling_params import StructuredOutputsParams
+from corral.grammars.params import StructuredOutputsParams
 from corral.grammars.schema_rewrite import ascii_digits_regex
 
 BACKENDS = ("llguidance", "outlines", "xgrammar")

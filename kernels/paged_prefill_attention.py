@@ -19,7 +19,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from corral.engine.attention import gather_context
 from corral.kernels._triton import (
     cdiv,
     dot_dtype,
@@ -29,6 +28,7 @@ from corral.kernels._triton import (
     tl,
     use_triton,
 )
+from corral.kernels.paged_kv_reference import gather_context
 
 __all__ = [
     "paged_prefill_attention",

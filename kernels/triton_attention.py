@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from corral.engine.attention import AttentionMetadata
+from corral.kernels.attention_metadata import AttentionMetadata
 from corral.kernels.paged_decode_attention import paged_decode_attention_triton
 from corral.kernels.paged_prefill_attention import paged_prefill_attention_triton
 from corral.kernels.write_kv_cache import write_kv_cache_triton

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from corral.engine.attention import write_kv_cache_torch
 from corral.kernels._triton import jit, next_power_of_2, tl, use_triton
+from corral.kernels.paged_kv_reference import write_kv_cache_torch
 
 __all__ = ["write_kv_cache", "write_kv_cache_torch", "write_kv_cache_triton"]
 

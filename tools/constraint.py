@@ -16,7 +16,7 @@ from typing import Any
 
 import llguidance
 
-from corral.engine.sampling_params import StructuredOutputsParams
+from corral.grammars.params import StructuredOutputsParams
 from corral.grammars.schema_rewrite import rewrite_schema
 from corral.tools.call_format import (
     CALL_SEPARATOR,
