@@ -3,8 +3,9 @@
 Per step the engine (1) hands the grammar matchers the tokens just sampled, all at once
 (`accept`: one native call per backend, parallel, without the GIL), and (2) has the masks
 of the next sampling rows filled into a pinned buffer (`start_fill` / `wait_fill`). With
-`overlap` the fill runs on a worker thread, so the engine thread detokenizes, checks stop
-conditions, schedules and launches the forward pass while the masks are computed; only
+`overlap` the fill's native part runs on a worker thread (the engine thread plans it and
+finishes it: see `corral.grammars.mask_fill`), so the engine thread detokenizes and checks
+stop conditions while the masks are computed, without the two contending for the GIL; only
 the sampler waits for them. The matchers must not be touched between `start_fill` and
 `wait_fill`.
 """
@@ -58,6 +59,9 @@ class GrammarStepper:
         self.overlap = overlap
         self._worker: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
+        self._jobs: MaskJobs | None = None
+        self._plan = None  # the MaskFill of the fill in progress
+        self._host_seconds = 0.0  # this thread's share of the fill in progress
         self._failed: list = []
         self.stats = GrammarStats()
 
@@ -96,38 +100,53 @@ class GrammarStepper:
         return ok
 
     def start_fill(self, jobs: MaskJobs) -> None:
-        """Begin filling `jobs` into `self.bitmask` (on the worker thread with `overlap`)."""
+        """Begin filling `jobs` into `self.bitmask`. This thread plans the fill (mask-cache
+        lookups, backend groups); with `overlap` only its native part, which holds no GIL,
+        runs on the worker, so this thread's own work never waits for the GIL there."""
+        from corral.grammars.mask_fill import MaskFill
+
         if jobs.num_rows > self.bitmask.shape[0]:
             self._grow(jobs.num_rows)
         self._failed = []
+        self._jobs = jobs
+        self._plan = None
         if not jobs.matchers:
             return
+        start = time.perf_counter()
+        try:
+            self._plan = MaskFill(jobs.matchers, self.bitmask[: jobs.num_rows],
+                                  jobs.first_rows, jobs.drafts)
+        except Exception:  # noqa: BLE001 - found and failed one by one in wait_fill
+            logger.exception("planning the grammar mask fill failed")
+            return
+        self._host_seconds = time.perf_counter() - start
         if not self.overlap:
-            self._fill(jobs)
+            self._pending = _done_future(lambda: _timed(self._plan.compute))
             return
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="corral-masks")
-        self._pending = self._worker.submit(self._fill, jobs)
+        self._pending = self._worker.submit(_timed, self._plan.compute)
 
     def wait_fill(self) -> list:
         """Wait for the fill; returns the matchers that failed to fill their rows (which
         allow nothing: their requests must fail)."""
+        jobs, self._jobs = self._jobs, None
         pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
-        return self._failed
-
-    def _fill(self, jobs: MaskJobs) -> None:
-        from corral.grammars import fill_bitmasks_with_drafts
-
-        start = time.perf_counter()
-        bitmask = self.bitmask[: jobs.num_rows]
+        plan, self._plan = self._plan, None
+        if jobs is None or not jobs.matchers:
+            return self._failed
         try:
-            fill_bitmasks_with_drafts(jobs.matchers, jobs.drafts, bitmask, jobs.first_rows)
+            if plan is None or pending is None:
+                raise RuntimeError("no plan")
+            compute_seconds = pending.result()
+            start = time.perf_counter()
+            plan.finish()
+            seconds = self._host_seconds + compute_seconds + time.perf_counter() - start
+            self.stats.mask_fill_seconds.append(seconds / len(jobs.matchers))
         except Exception:  # noqa: BLE001 - find the matcher at fault, fail only its request
             logger.exception("batched grammar mask fill failed; filling one by one")
-            self._failed = self._fill_each(jobs, bitmask)
-        self.stats.mask_fill_seconds.append((time.perf_counter() - start) / len(jobs.matchers))
+            self._failed = self._fill_each(jobs, self.bitmask[: jobs.num_rows])
+        return self._failed
 
     @staticmethod
     def _fill_each(jobs: MaskJobs, bitmask: torch.Tensor) -> list:
@@ -147,3 +166,20 @@ class GrammarStepper:
         if self._worker is not None:
             self._worker.shutdown(wait=True)
             self._worker = None
+
+
+def _timed(work) -> float:
+    """Run `work()`; its seconds."""
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
+
+
+def _done_future(work) -> Future:
+    """A future holding `work()`'s outcome, run now on this thread."""
+    future: Future = Future()
+    try:
+        future.set_result(work())
+    except Exception as e:  # noqa: BLE001 - re-raised by result()
+        future.set_exception(e)
+    return future

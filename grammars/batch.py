@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import xgrammar
 
-from corral.grammars.bitmask import grammar_threads, mask_executor
+from corral.grammars.grammar_threads import grammar_threads, mask_executor
 from corral.grammars.llguidance_backend import LLGuidanceMatcher
 from corral.grammars.matcher import Matcher
 from corral.grammars.xgrammar_matcher import XGrammarMatcher
