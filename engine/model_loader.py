@@ -33,6 +33,12 @@ SHAPES: dict[str, dict] = {
         max_position_embeddings=8192, tie_word_embeddings=True,
         rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
     ),
+    "qwen3-8b": dict(
+        model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
+        num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
+        max_position_embeddings=40960, tie_word_embeddings=False, attention_bias=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    ),
     "llama3-1b": dict(
         model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
         num_attention_heads=32, num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5,
@@ -46,15 +52,14 @@ _LAYER = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)_proj\.(weigh
 
 def load_config(model_dir: Path, shape: str | None, vocab_size: int | None):
     """The model config: the checkpoint's, or a named shape over the tokenizer's vocab."""
-    from transformers import AutoConfig, LlamaConfig
+    from transformers import AutoConfig
 
     if shape is None:
         return AutoConfig.from_pretrained(model_dir)
     if shape not in SHAPES:
         raise ValueError(f"shape: unknown shape {shape!r} (known: {', '.join(SHAPES)})")
     fields = dict(SHAPES[shape])
-    fields.pop("model_type")
-    return LlamaConfig(vocab_size=vocab_size, **fields)
+    return AutoConfig.for_model(fields.pop("model_type"), vocab_size=vocab_size, **fields)
 
 
 def build_model(config, backend: AttentionBackend, max_position: int, dtype: torch.dtype,

@@ -55,3 +55,13 @@ def datasets_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"test datasets not found at {path} (set CORRAL_DATASETS)")
     return path
+
+
+@pytest.fixture(scope="session")
+def model_families_dir() -> Path:
+    """`<repo>/../shared/model-families`, or `$CORRAL_MODEL_FAMILIES`; skips when absent."""
+    default = Path(__file__).resolve().parents[1] / ".." / "shared" / "model-families"
+    path = Path(os.environ.get("CORRAL_MODEL_FAMILIES", default))
+    if not path.is_dir():
+        pytest.skip(f"model family files not found at {path} (set CORRAL_MODEL_FAMILIES)")
+    return path

@@ -1,8 +1,9 @@
-"""Decoder-only transformers of the Llama family: Llama, Mistral and Qwen2.
+"""Decoder-only transformers of the Llama family: Llama, Mistral, Qwen2 and Qwen3 (dense).
 
 One parametrised implementation: fused QKV and gate-up projections (fused at load time),
 rotary embeddings (incl. Llama-3 rope scaling), RMSNorm, grouped-query attention, optional
-QKV bias (Qwen2) and tied embeddings. Attention reads and writes the paged KV cache through
+QKV bias (Qwen2), per-head RMSNorm of queries and keys before the rotation (Qwen3) and tied
+embeddings. Attention reads and writes the paged KV cache through
 an attention backend; the batch is flattened (`[num_tokens, ...]`), no padding.
 """
 
@@ -23,7 +24,9 @@ SUPPORTED_ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
 }
+QK_NORM_ARCHITECTURES = {"qwen3"}  # RMSNorm over each head of q and k
 
 
 class RMSNorm(nn.Module):
@@ -52,6 +55,10 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(config.hidden_size, self.q_size + 2 * self.kv_size, bias=bias)
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=False)
         self.scale = self.head_dim**-0.5
+        self.has_qk_norm = config.model_type in QK_NORM_ARCHITECTURES
+        if self.has_qk_norm:
+            self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.layer_idx = layer_idx
         self.rotary = rotary
         self.backend = backend
@@ -64,6 +71,10 @@ class Attention(nn.Module):
         q = q.view(-1, self.num_heads, self.head_dim)
         k = k.view(-1, self.num_kv_heads, self.head_dim)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
+        if self.has_qk_norm:  # [T * heads, head_dim] rows, normalised one head at a time
+            q = self.q_norm(q.reshape(-1, self.head_dim)).view(-1, self.num_heads, self.head_dim)
+            k = self.k_norm(k.reshape(-1, self.head_dim)).view(-1, self.num_kv_heads,
+                                                                self.head_dim)
         q, k = rotary_embedding(positions, q, k, self.rotary.cos, self.rotary.sin)
         out = self.backend.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
         return self.o_proj(out.reshape(-1, self.q_size))
