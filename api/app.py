@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+
+from corral.grammars.param_error import ParamError
 
 from .chat_protocol import ChatCompletionRequest
 from .completion_protocol import CompletionRequest
@@ -107,10 +108,11 @@ def create_app(engine: Any, settings: ServerSettings | None = None,
         try:
             await asyncio.to_thread(engine.register_grammar, req.name, req.definition,
                                     req.syntax)
+        except ParamError as e:
+            raise APIError(str(e), param=e.param, code="invalid_grammar") from None
         except ValueError as e:
-            message = _SPEC_PREFIX.sub("", str(e), count=1)
-            raise APIError(f"definition: {message}", param="definition",
-                           code="invalid_grammar") from None
+            raise APIError(f"definition: {e}", param="definition", code="invalid_grammar") \
+                from None
         card = _grammar_card(state, req.name) or GrammarCard(name=req.name, syntax=req.syntax)
         return JSONResponse(card.model_dump(), status_code=201)
 
@@ -141,7 +143,6 @@ def create_app(engine: Any, settings: ServerSettings | None = None,
     return app
 
 
-_SPEC_PREFIX = re.compile(r"^structured_outputs(?:\.\w+)?: ")
 
 
 def _embedding_inputs(req: EmbeddingRequest) -> list[str] | list[list[int]]:

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from corral.grammars.param_error import ParamError
+
 logger = logging.getLogger(__name__)
 
 
@@ -59,12 +61,12 @@ class Embedder:
                 vocab = len(self.tokenizer)
                 bad = [t for t in item if not 0 <= t < vocab]
                 if bad:
-                    raise ValueError(f"input.{i}: token id {bad[0]} is outside the embedding "
+                    raise ParamError(f"input.{i}", f"token id {bad[0]} is outside the embedding "
                                      f"model's vocabulary (0..{vocab - 1})")
                 ids = self._with_specials(list(item))
             if len(ids) > self.max_tokens:
-                raise ValueError(
-                    f"input.{i}: {len(ids)} tokens, more than the embedding model's limit of "
+                raise ParamError(
+                    f"input.{i}", f"{len(ids)} tokens, more than the embedding model's limit of "
                     f"{self.max_tokens}")
             result.append(ids)
         return result

@@ -8,7 +8,6 @@ set to the field path, e.g. `messages.0.content`.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -17,10 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-logger = logging.getLogger(__name__)
+from corral.grammars.param_error import ParamError
 
-# "field: what is wrong" or "field.sub: ..." as raised by SamplingParams and friends.
-_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w.\[\]]*): ")
+logger = logging.getLogger(__name__)
 
 
 class APIError(Exception):
@@ -58,11 +56,11 @@ class APIError(Exception):
 
     @classmethod
     def from_value_error(cls, err: BaseException, param: str | None = None) -> APIError:
-        """A 400 from a `ValueError` whose message starts with the field it names."""
+        """A 400 from a `ValueError`; `param` is the given one, else the field a
+        `ParamError` names."""
         message = str(err) or type(err).__name__
-        match = _FIELD_PREFIX.match(message)
-        if match and param is None:
-            param = match.group(1)
+        if param is None and isinstance(err, ParamError):
+            param = err.param
         return cls(message, status=400, param=param)
 
 

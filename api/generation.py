@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -16,12 +15,12 @@ from fastapi import Request
 
 from corral.engine.outputs import RequestOutput
 from corral.engine.sampling_params import SamplingParams
+from corral.grammars.param_error import ParamError
 
 from .errors import APIError
 from .state import ServerState
 
 T = TypeVar("T")
-_SPEC_FIELD = re.compile(r"^(structured_outputs(?:\.\w+)?): ")
 
 
 class ClientDisconnected(Exception):
@@ -150,12 +149,11 @@ async def validate_constraint(state: ServerState, params: SamplingParams, param:
     try:
         await asyncio.to_thread(state.engine.validate_structured, spec)
     except ValueError as e:
-        message = str(e)
-        match = _SPEC_FIELD.match(message)
-        if match and param == "structured_outputs":
-            param = match.group(1)
-        elif match:
-            message = f"{param}: {message[match.end():]}"
+        # A constraint given as `structured_outputs` keeps the engine's field (e.g.
+        # `structured_outputs.json`); one built from `response_format` or `tools` is named so.
+        is_param = isinstance(e, ParamError) and e.param.startswith("structured_outputs")
+        if is_param and param == "structured_outputs":
+            error = e
         else:
-            message = f"{param}: {message}"
-        raise APIError(message, param=param, code="invalid_structured_output") from None
+            error = ParamError(param, e.detail if is_param else str(e))
+        raise APIError(str(error), param=error.param, code="invalid_structured_output") from None

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corral.grammars.param_error import ParamError
+
 from .embeddings import Embedder
 from .errors import APIError, not_found_model
 from .logprobs import TokenTexts
@@ -32,7 +34,7 @@ class ServerSettings:
 
     def __post_init__(self) -> None:
         if self.max_body_bytes < 1:
-            raise ValueError(f"max_body_bytes: must be positive (got {self.max_body_bytes})")
+            raise ParamError("max_body_bytes", f"must be positive (got {self.max_body_bytes})")
         if self.api_key is not None and not self.api_key:
             self.api_key = None
 

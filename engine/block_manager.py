@@ -13,6 +13,8 @@ from collections import OrderedDict
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
+from corral.grammars.param_error import ParamError
+
 
 @dataclass
 class Block:
@@ -34,7 +36,7 @@ class BlockManager:
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
         if num_blocks < 1:
-            raise ValueError(f"num_blocks: must be positive (got {num_blocks})")
+            raise ParamError("num_blocks", f"must be positive (got {num_blocks})")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from corral.grammars.param_error import ParamError
+
 _GRAMMAR_BACKENDS = ("llguidance", "outlines", "xgrammar")
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
 _LOAD_FORMATS = ("auto", "dummy")
@@ -57,7 +59,7 @@ class EngineConfig:
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, what: str) -> None:
             if not ok:
-                raise ValueError(f"{name}: {what} (got {getattr(self, name)!r})")
+                raise ParamError(name, f"{what} (got {getattr(self, name)!r})")
 
         check(self.block_size in (8, 16, 32, 64, 128), "block_size", "must be 8, 16, 32, 64 or 128")
         check(self.num_blocks is None or self.num_blocks >= 2, "num_blocks", "must be at least 2")

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 
+from corral.grammars.param_error import ParamError
+
 from .sequence import Sequence
 
 
@@ -59,7 +61,7 @@ class DraftProposer:
     def __init__(self, num_tokens: int, eos_token_ids: Seq[int], min_n: int = 2,
                  max_n: int = 4) -> None:
         if num_tokens < 1:
-            raise ValueError(f"num_speculative_tokens: must be at least 1 (got {num_tokens})")
+            raise ParamError("num_speculative_tokens", f"must be at least 1 (got {num_tokens})")
         self.num_tokens = num_tokens
         self.eos_token_ids = set(eos_token_ids)
         self.min_n = min_n

@@ -7,6 +7,8 @@ import time
 from collections.abc import Sequence as Seq
 from typing import Any
 
+from corral.grammars.param_error import ParamError
+
 from .config import EngineConfig
 from .llm_engine import LLMEngine
 from .outputs import RequestOutput
@@ -46,8 +48,8 @@ class LLM:
         else:
             params_list = list(params)
             if len(params_list) != len(prompts):
-                raise ValueError(
-                    f"params: got {len(params_list)} SamplingParams for {len(prompts)} prompts"
+                raise ParamError(
+                    "params", f"got {len(params_list)} SamplingParams for {len(prompts)} prompts"
                 )
         request_ids = []
         try:
@@ -78,7 +80,7 @@ class LLM:
         if render_chat_prompt is not None:
             return render_chat_prompt(self.tokenizer, messages, tools)
         if tools:
-            raise ValueError("tools: function calling needs corral.tools")
+            raise ParamError("tools", "function calling needs corral.tools")
         return self.tokenizer.apply_chat_template(messages, tokenize=False,
                                                   add_generation_prompt=True)
 

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from corral.grammars.param_error import ParamError
+
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .draft_proposer import DraftProposer
@@ -186,7 +188,7 @@ class LLMEngine:
         """Queue a request. Raises ValueError for a prompt that does not fit or bad params."""
         params = params or SamplingParams()
         if request_id in self.requests:
-            raise ValueError(f"request_id: {request_id!r} is already running")
+            raise ParamError("request_id", f"{request_id!r} is already running")
         text = prompt if isinstance(prompt, str) else None
         prompt_ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         self._check_prompt(prompt_ids)
@@ -206,15 +208,15 @@ class LLMEngine:
 
     def _check_prompt(self, prompt_ids: list[int]) -> None:
         if not prompt_ids:
-            raise ValueError("prompt: must not be empty")
+            raise ParamError("prompt", "must not be empty")
         if len(prompt_ids) >= self.max_model_len:
-            raise ValueError(
-                f"prompt: {len(prompt_ids)} tokens do not fit the context: max_model_len is "
+            raise ParamError(
+                "prompt", f"{len(prompt_ids)} tokens do not fit the context: max_model_len is "
                 f"{self.max_model_len}, which must leave room for at least one new token"
             )
         bad = [t for t in prompt_ids if not 0 <= t < self.vocab_size]
         if bad:
-            raise ValueError(f"prompt: token ids out of range [0, {self.vocab_size}): {bad[:5]}")
+            raise ParamError("prompt", f"token ids out of range [0, {self.vocab_size}): {bad[:5]}")
 
     def abort(self, request_id: str) -> RequestOutput | None:
         """Stop a request and free its blocks; returns its final output, if it was live."""

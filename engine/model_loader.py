@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from corral.grammars.param_error import ParamError
+
 from .attention import AttentionBackend
 from .models.llama import LlamaForCausalLM
 
@@ -57,7 +59,7 @@ def load_config(model_dir: Path, shape: str | None, vocab_size: int | None):
     if shape is None:
         return AutoConfig.from_pretrained(model_dir)
     if shape not in SHAPES:
-        raise ValueError(f"shape: unknown shape {shape!r} (known: {', '.join(SHAPES)})")
+        raise ParamError("shape", f"unknown shape {shape!r} (known: {', '.join(SHAPES)})")
     fields = dict(SHAPES[shape])
     return AutoConfig.for_model(fields.pop("model_type"), vocab_size=vocab_size, **fields)
 
@@ -78,7 +80,7 @@ def load_weights(model: LlamaForCausalLM, model_dir: Path) -> None:
 
     files = sorted(Path(model_dir).glob("*.safetensors"))
     if not files:
-        raise ValueError(f"model: no .safetensors files in {model_dir}")
+        raise ParamError("model", f"no .safetensors files in {model_dir}")
 
     def tensors():
         for file in files:
@@ -104,7 +106,7 @@ def load_named_tensors(model: LlamaForCausalLM, tensors: Iterable[tuple[str, tor
         loaded.add(target)
     missing = [n for n in params if n not in loaded]
     if missing:
-        raise ValueError(f"model: {source} lacks weights for {missing[:5]}")
+        raise ParamError("model", f"{source} lacks weights for {missing[:5]}")
 
 
 def _target_of(model: LlamaForCausalLM, name: str) -> tuple[str | None, int]:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from corral.grammars.param_error import ParamError
+
 from .attention import AttentionMetadata, TorchAttentionBackend
 from .config import EngineConfig
 from .cuda_graphs import DecodeGraphs
@@ -75,7 +77,7 @@ def cpu_has_native_bf16() -> bool:
 
 def make_attention_backend(name: str, device: torch.device):
     if name == "triton" and device.type != "cuda":
-        raise ValueError("attention_backend: triton needs a CUDA device")
+        raise ParamError("attention_backend", "triton needs a CUDA device")
     if name == "triton" or (name == "auto" and device.type == "cuda"):
         try:
             from corral.kernels.triton_attention import TritonAttentionBackend
@@ -136,7 +138,7 @@ class ModelRunner:
         else:
             num_blocks = self.config.kv_cache_memory // self.kv_bytes_per_block
         if num_blocks < 2:
-            raise ValueError("kv_cache_memory: too small for two KV blocks")
+            raise ParamError("kv_cache_memory", "too small for two KV blocks")
         attn = self.model.layers[0].self_attn
         shape = (num_blocks, self.block_size, attn.num_kv_heads, attn.head_dim)
         self.kv_caches = [

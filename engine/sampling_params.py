@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from corral.grammars.param_error import ParamError
 from corral.grammars.params import StructuredOutputsParams
 
 _GREEDY_EPS = 1e-5
@@ -59,7 +60,7 @@ class SamplingParams:
     def _validate(self) -> None:
         def check(ok: bool, name: str, what: str) -> None:
             if not ok:
-                raise ValueError(f"{name}: {what} (got {getattr(self, name)!r})")
+                raise ParamError(name, f"{what} (got {getattr(self, name)!r})")
 
         check(isinstance(self.n, int) and 1 <= self.n <= 128, "n", "must be an integer in 1..128")
         check(
@@ -109,11 +110,11 @@ class SamplingParams:
                 try:
                     token_id = int(key)
                 except (TypeError, ValueError):
-                    raise ValueError(f"logit_bias: key {key!r} is not a token id") from None
+                    raise ParamError("logit_bias", f"key {key!r} is not a token id") from None
                 if not _is_number(bias) or not -100 <= bias <= 100:
-                    raise ValueError(f"logit_bias: bias for {key!r} must be in [-100, 100]")
+                    raise ParamError("logit_bias", f"bias for {key!r} must be in [-100, 100]")
                 if token_id < 0:
-                    raise ValueError(f"logit_bias: token id {key!r} is negative")
+                    raise ParamError("logit_bias", f"token id {key!r} is negative")
                 fixed[token_id] = float(bias)
             self.logit_bias = fixed
         check(

@@ -15,6 +15,7 @@ import xgrammar
 from corral.grammars.grammar_threads import grammar_threads, mask_executor
 from corral.grammars.llguidance_backend import LLGuidanceMatcher
 from corral.grammars.matcher import Matcher
+from corral.grammars.param_error import ParamError
 from corral.grammars.xgrammar_matcher import XGrammarMatcher
 
 
@@ -24,7 +25,7 @@ def accept_tokens(matchers: Sequence[Matcher], token_ids: Sequence[int]) -> list
     The same matcher must not appear twice (its rows would race).
     """
     if len(matchers) != len(token_ids):
-        raise ValueError(f"token_ids: {len(token_ids)} tokens for {len(matchers)} matchers")
+        raise ParamError("token_ids", f"{len(token_ids)} tokens for {len(matchers)} matchers")
     results = [False] * len(matchers)
     llg_rows: list[int] = []
     llg_pairs: list[tuple] = []  # (llguidance matcher, token) for one native call

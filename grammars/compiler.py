@@ -12,6 +12,7 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from corral.grammars.llguidance_backend import LLGuidanceBackend
 from corral.grammars.matcher import CompiledGrammar
 from corral.grammars.outlines_backend import OutlinesBackend
+from corral.grammars.param_error import ParamError
 from corral.grammars.params import StructuredOutputsParams
 from corral.grammars.registry import GrammarRegistry
 from corral.grammars.spec import BACKENDS, GrammarSpec, normalize_spec
@@ -41,18 +42,18 @@ class GrammarCompiler:
                  max_workers: int = 2, cache_size: int = 1024,
                  json_whitespace: str | None = None) -> None:
         if default_backend not in BACKENDS:
-            raise ValueError(
-                f"default_backend: must be one of {BACKENDS} (got {default_backend!r})")
+            raise ParamError(
+                "default_backend", f"must be one of {BACKENDS} (got {default_backend!r})")
         if not isinstance(vocab_size, int) or vocab_size < 1:
-            raise ValueError(f"vocab_size: must be a positive integer (got {vocab_size!r})")
+            raise ParamError("vocab_size", f"must be a positive integer (got {vocab_size!r})")
         if not eos_token_ids or not all(isinstance(t, int) and 0 <= t < vocab_size
                                         for t in eos_token_ids):
-            raise ValueError(
-                f"eos_token_ids: must be token ids below vocab_size (got {eos_token_ids!r})")
+            raise ParamError(
+                "eos_token_ids", f"must be token ids below vocab_size (got {eos_token_ids!r})")
         if not timeout > 0:
-            raise ValueError(f"timeout: must be positive (got {timeout!r})")
+            raise ParamError("timeout", f"must be positive (got {timeout!r})")
         if not isinstance(max_workers, int) or max_workers < 1:
-            raise ValueError(f"max_workers: must be a positive integer (got {max_workers!r})")
+            raise ParamError("max_workers", f"must be a positive integer (got {max_workers!r})")
         self.vocab_size = vocab_size
         self.eos_token_ids = list(eos_token_ids)
         self._tokenizer = tokenizer
@@ -128,7 +129,7 @@ class GrammarCompiler:
             if inner.cancelled():
                 with self._lock:
                     self._inflight.pop(key, None)
-                _settle(outer, ValueError("structured_outputs: the grammar compiler shut down"))
+                _settle(outer, ParamError("structured_outputs", "the grammar compiler shut down"))
             else:
                 _settle(outer, inner.exception() or inner.result())
 
@@ -165,7 +166,7 @@ class GrammarCompiler:
         except ValueError as e:
             result = e
         except Exception as e:  # noqa: BLE001 - a backend crash refuses this spec only
-            result = ValueError(f"structured_outputs: {spec.backend} failed to compile ({e})")
+            result = ParamError("structured_outputs", f"{spec.backend} failed to compile ({e})")
         with self._lock:
             self._cache[key] = result
             self._cache.move_to_end(key)
@@ -200,8 +201,8 @@ class GrammarCompiler:
         with self._lock:
             if self._inflight.get(key) is outer:
                 del self._inflight[key]
-        _settle(outer, ValueError(
-            f"structured_outputs: grammar compile timed out after {self.timeout:g}s"))
+        _settle(outer, ParamError(
+            "structured_outputs", f"grammar compile timed out after {self.timeout:g}s"))
 
     def _cached(self, key: CacheKey) -> CompiledGrammar | ValueError | None:
         found = self._cache.get(key)

@@ -44,6 +44,7 @@ from corral.grammars.completion_vocab import (
 )
 from corral.grammars.llguidance_backend import LLGuidanceMatcher
 from corral.grammars.matcher import Matcher
+from corral.grammars.param_error import ParamError
 
 __all__ = ["DEFAULT_NODE_BUDGET", "CompletionVocab", "shortest_completion"]
 
@@ -64,9 +65,9 @@ def shortest_completion(matcher: Matcher, max_tokens: int, *, vocab: CompletionV
     within its budget, else the shortest found. The matcher is left as it was.
     """
     if not isinstance(max_tokens, int) or max_tokens < 0:
-        raise ValueError(f"max_tokens: must be a non-negative integer (got {max_tokens!r})")
+        raise ParamError("max_tokens", f"must be a non-negative integer (got {max_tokens!r})")
     if not isinstance(node_budget, int) or node_budget < 1:
-        raise ValueError(f"node_budget: must be a positive integer (got {node_budget!r})")
+        raise ParamError("node_budget", f"must be a positive integer (got {node_budget!r})")
     if matcher.is_error():
         return None
     if matcher.can_end():

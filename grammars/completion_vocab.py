@@ -21,6 +21,8 @@ from functools import cached_property
 
 import numpy as np
 
+from corral.grammars.param_error import ParamError
+
 TIER_CLOSE, TIER_VALUE, TIER_FILL = 0, 1, 2  # a node's children come from one tier
 _CLOSERS = frozenset(b'"}])')
 _JSON_PUNCTUATION = frozenset(b'"}],:{[')
@@ -134,11 +136,13 @@ class CompletionVocab:
                          eos_token_ids: Sequence[int]) -> CompletionVocab:
         """The candidates among tokens given by their bytes (None or b"": special tokens)."""
         if not isinstance(vocab_size, int) or vocab_size < 1:
-            raise ValueError(f"vocab_size: must be a positive integer (got {vocab_size!r})")
+            raise ParamError("vocab_size", f"must be a positive integer (got {vocab_size!r})")
         if len(token_bytes) > vocab_size:
-            raise ValueError(f"token_bytes: {len(token_bytes)} tokens for vocab_size {vocab_size}")
+            raise ParamError("token_bytes",
+                             f"{len(token_bytes)} tokens for vocab_size {vocab_size}")
         if not eos_token_ids or not all(0 <= int(t) < vocab_size for t in eos_token_ids):
-            raise ValueError(f"eos_token_ids: must be ids below vocab_size (got {eos_token_ids!r})")
+            raise ParamError("eos_token_ids",
+                             f"must be ids below vocab_size (got {eos_token_ids!r})")
         eos = {int(t) for t in eos_token_ids}
         pieces = tuple(b"" if b is None or i in eos else bytes(b)
                        for i, b in enumerate(token_bytes))

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import lark
 
+from corral.grammars.param_error import ParamError
+
 if TYPE_CHECKING:
     from corral.grammars.spec import GrammarSpec
 
@@ -54,8 +56,8 @@ def json_schema_error(backend: str, message: str, keyword: str | None = None) ->
     keyword = keyword or keyword_in_message(message)
     first = message.strip().splitlines()[0] if message.strip() else "refused"
     named = f"keyword '{keyword}' " if keyword else ""
-    return ValueError(
-        f"structured_outputs.json: the {backend} backend cannot enforce {named}of this schema "
+    return ParamError(
+        "structured_outputs.json", f"the {backend} backend cannot enforce {named}of this schema "
         f"({first})"
     )
 
@@ -81,7 +83,7 @@ def grammar_error(spec: GrammarSpec, message: str) -> ValueError:
     if spec.kind in ("regex", "choice"):
         details = [ln.strip()[6:].strip() for ln in message.splitlines()
                    if ln.strip().startswith("error:")]
-        return ValueError(f"structured_outputs.{spec.kind}: invalid regex "
+        return ParamError(f"structured_outputs.{spec.kind}", f"invalid regex "
                           f"({details[0] if details else first})")
     line = column = None
     found = _LLG_POSITION.search(message)
@@ -92,4 +94,4 @@ def grammar_error(spec: GrammarSpec, message: str) -> ValueError:
         _, line, column = lark_found
     where = f" at line {line}, column {column}" if line is not None else ""
     detail = re.sub(r"^(?:at )?\d+\(\d+\):\s*", "", first)
-    return ValueError(f"structured_outputs.grammar: invalid Lark grammar{where}: {detail}")
+    return ParamError("structured_outputs.grammar", f"invalid Lark grammar{where}: {detail}")

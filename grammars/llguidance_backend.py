@@ -17,6 +17,7 @@ import torch
 from corral.grammars.errors import grammar_error, json_schema_error
 from corral.grammars.mask_cache import MaskCache, Node
 from corral.grammars.matcher import Matcher
+from corral.grammars.param_error import ParamError
 from corral.grammars.schema_rewrite import prepared_schema
 from corral.grammars.spec import GrammarSpec
 
@@ -63,8 +64,8 @@ class LLGuidanceBackend:
             return llguidance.LLMatcher.grammar_from_regex(spec.text)
         if spec.kind == "grammar":
             return llguidance.LLMatcher.grammar_from_lark(spec.text)
-        raise ValueError(
-            f"structured_outputs.{spec.kind}: not a kind the llguidance backend compiles")
+        raise ParamError(
+            f"structured_outputs.{spec.kind}", "not a kind the llguidance backend compiles")
 
     def validate(self, spec: GrammarSpec) -> None:
         """Check `spec` without the tokenizer (fast); ValueError naming the problem."""
@@ -147,8 +148,8 @@ class LLGuidanceMatcher(Matcher):
 
     def rollback(self, num_tokens: int) -> None:
         if num_tokens < 0 or num_tokens > self._num_accepted:
-            raise ValueError(
-                f"num_tokens: cannot roll back {num_tokens} of {self._num_accepted} tokens")
+            raise ParamError(
+                "num_tokens", f"cannot roll back {num_tokens} of {self._num_accepted} tokens")
         self._num_accepted -= num_tokens
         if self.mask_cache is not None and num_tokens:
             del self._path[-num_tokens:]
@@ -156,7 +157,8 @@ class LLGuidanceMatcher(Matcher):
         self._num_unrecorded_eos -= skipped
         num_tokens -= skipped
         if num_tokens and not self.inner.rollback(num_tokens):
-            raise ValueError(f"num_tokens: rollback of {num_tokens} failed ({self.error_message})")
+            raise ParamError("num_tokens",
+                             f"rollback of {num_tokens} failed ({self.error_message})")
 
     def fill_bitmask(self, bitmask: torch.Tensor, row: int) -> None:
         target = bitmask[row]

@@ -23,6 +23,7 @@ import torch
 from corral.grammars.grammar_threads import grammar_threads, mask_executor, xgrammar_batch
 from corral.grammars.llguidance_backend import LLGuidanceMatcher
 from corral.grammars.matcher import Matcher
+from corral.grammars.param_error import ParamError
 from corral.grammars.xgrammar_matcher import XGrammarMatcher
 
 
@@ -33,21 +34,21 @@ class MaskFill:
     def __init__(self, matchers: Sequence[Matcher], bitmask: torch.Tensor,
                  first_rows: Sequence[int], drafts: Sequence[list[int]] | None = None) -> None:
         if bitmask.dtype != torch.int32 or bitmask.dim() != 2 or bitmask.device.type != "cpu":
-            raise ValueError("bitmask: must be a 2-D int32 CPU tensor")
+            raise ParamError("bitmask", "must be a 2-D int32 CPU tensor")
         if not bitmask.is_contiguous():
-            raise ValueError("bitmask: must be contiguous")
+            raise ParamError("bitmask", "must be contiguous")
         name = "rows" if drafts is None else "first_rows"  # the caller's parameter
         rows = [int(r) for r in first_rows]
         if len(rows) != len(matchers):
-            raise ValueError(f"{name}: {len(rows)} rows for {len(matchers)} matchers")
+            raise ParamError(name, f"{len(rows)} rows for {len(matchers)} matchers")
         drafts = drafts if drafts is not None else [()] * len(matchers)
         spans = [(r, r + len(d)) for r, d in zip(rows, drafts, strict=True)]
         if any(lo < 0 or hi >= bitmask.shape[0] for lo, hi in spans):
-            raise ValueError(f"{name}: every row (and one per draft after it) must be a row "
+            raise ParamError(name, f"every row (and one per draft after it) must be a row "
                              f"of the bitmask (0..{bitmask.shape[0] - 1})")
         if len({r for lo, hi in spans for r in range(lo, hi + 1)}) != sum(
                 hi - lo + 1 for lo, hi in spans):
-            raise ValueError(f"{name}: must be distinct rows of the bitmask")
+            raise ParamError(name, "must be distinct rows of the bitmask")
         self.bitmask = bitmask
         self.width_bytes = bitmask.shape[1] * 4
         self.llg: list[tuple] = []  # (llguidance matcher, row)

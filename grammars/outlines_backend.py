@@ -20,6 +20,7 @@ from corral.grammars.errors import grammar_error, json_schema_error
 from corral.grammars.llguidance_backend import fill_eos_only
 from corral.grammars.matcher import Matcher
 from corral.grammars.outlines_schema_check import check_outlines_schema
+from corral.grammars.param_error import ParamError
 from corral.grammars.schema_rewrite import prepared_schema
 from corral.grammars.spec import GrammarSpec
 
@@ -70,8 +71,8 @@ class OutlinesBackend:
                 return build_regex_from_schema(json.dumps(schema), self.json_whitespace)
             except Exception as e:  # noqa: BLE001 - outlines-core raises bare exceptions
                 raise json_schema_error("outlines", str(e)) from None
-        raise ValueError(
-            f"structured_outputs.{spec.kind}: the outlines backend compiles only json, "
+        raise ParamError(
+            f"structured_outputs.{spec.kind}", "the outlines backend compiles only json, "
             "json_object, regex and choice; use backend='llguidance'")
 
     def validate(self, spec: GrammarSpec) -> None:
@@ -89,7 +90,7 @@ class OutlinesBackend:
             index = outlines_core.Index(regex, self.vocabulary())
         except Exception as e:  # noqa: BLE001
             field = spec.kind if spec.kind in ("regex", "choice") else "json"
-            raise ValueError(f"structured_outputs.{field}: outlines cannot compile it ({e})") \
+            raise ParamError(f"structured_outputs.{field}", f"outlines cannot compile it ({e})") \
                 from None
         table = _MaskTable(index, self.vocab_size, self.eos_token_ids)
         return lambda: OutlinesMatcher(table)
@@ -170,8 +171,8 @@ class OutlinesMatcher(Matcher):
 
     def rollback(self, num_tokens: int) -> None:
         if num_tokens < 0 or num_tokens > len(self._states) - 1:
-            raise ValueError(
-                f"num_tokens: cannot roll back {num_tokens} of {len(self._states) - 1} tokens")
+            raise ParamError(
+                "num_tokens", f"cannot roll back {num_tokens} of {len(self._states) - 1} tokens")
         if num_tokens:
             num_guide = num_tokens - int(self._ended)
             del self._states[-num_tokens:]

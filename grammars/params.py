@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from corral.grammars.param_error import ParamError
+
 
 @dataclass
 class StructuredOutputsParams:
@@ -29,27 +31,27 @@ class StructuredOutputsParams:
         kinds = self.kinds()
         if len(kinds) != 1:
             named = ", ".join(kinds) if kinds else "none"
-            raise ValueError(
-                "structured_outputs: exactly one of json, json_object, regex, choice, grammar, "
+            raise ParamError(
+                "structured_outputs", "exactly one of json, json_object, regex, choice, grammar, "
                 f"grammar_name must be set (got {named})"
             )
         if self.choice is not None:
             if not isinstance(self.choice, (list, tuple)) or not self.choice:
-                raise ValueError("structured_outputs.choice: must be a non-empty list of strings")
+                raise ParamError("structured_outputs.choice", "must be a non-empty list of strings")
             if not all(isinstance(c, str) for c in self.choice):
-                raise ValueError("structured_outputs.choice: every choice must be a string")
+                raise ParamError("structured_outputs.choice", "every choice must be a string")
             self.choice = list(self.choice)
         if self.regex is not None and not isinstance(self.regex, str):
-            raise ValueError("structured_outputs.regex: must be a string")
+            raise ParamError("structured_outputs.regex", "must be a string")
         if self.grammar is not None and not isinstance(self.grammar, str):
-            raise ValueError("structured_outputs.grammar: must be a string of Lark grammar text")
+            raise ParamError("structured_outputs.grammar", "must be a string of Lark grammar text")
         if self.grammar_name is not None and not isinstance(self.grammar_name, str):
-            raise ValueError("structured_outputs.grammar_name: must be a string")
+            raise ParamError("structured_outputs.grammar_name", "must be a string")
         if isinstance(self.json, str):
             try:
                 self.json = json.loads(self.json)
             except json.JSONDecodeError as e:
-                raise ValueError(f"structured_outputs.json: not valid JSON ({e})") from None
+                raise ParamError("structured_outputs.json", f"not valid JSON ({e})") from None
 
     def kinds(self) -> list[str]:
         """Names of the fields that are set."""

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from corral.grammars.matcher import CompiledGrammar
+from corral.grammars.param_error import ParamError
 from corral.grammars.spec import GrammarSpec, check_size, schema_to_text
 
 if TYPE_CHECKING:
     from corral.grammars.compiler import GrammarCompiler
 
 SYNTAXES = {"lark": "grammar", "regex": "regex", "json_schema": "json"}
-_FIELD = re.compile(r"^structured_outputs(\.\w+)?")
 _NAME = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
 
 
@@ -48,22 +48,22 @@ class GrammarRegistry:
         same definition is a no-op; with another definition it is refused.
         """
         if not isinstance(name, str) or not _NAME.match(name):
-            raise ValueError(
-                f"name: must be 1-128 characters of letters, digits, '_', '.', ':' or '-' "
+            raise ParamError(
+                "name", f"must be 1-128 characters of letters, digits, '_', '.', ':' or '-' "
                 f"(got {name!r})")
         if syntax not in SYNTAXES:
-            raise ValueError(f"syntax: must be one of {sorted(SYNTAXES)} (got {syntax!r})")
+            raise ParamError("syntax", f"must be one of {sorted(SYNTAXES)} (got {syntax!r})")
         kind = SYNTAXES[syntax]
         if kind == "json":
             text = schema_to_text(definition, field="definition")
         elif isinstance(definition, str):
             text = definition
         else:
-            raise ValueError(f"definition: a {syntax} definition must be a string")
+            raise ParamError("definition", f"a {syntax} definition must be a string")
         try:
             check_size(kind, text)
         except ValueError as e:
-            raise ValueError(_FIELD.sub("definition", str(e), count=1)) from None
+            raise _as_definition(e) from None
         backend = self._compiler.default_backend
         if kind == "grammar":
             backend = "llguidance"
@@ -73,11 +73,11 @@ class GrammarRegistry:
         if existing is not None:
             if existing.spec.kind == kind and existing.spec.text == text:
                 return existing
-            raise ValueError(f"name: grammar {name!r} is already registered; unregister it first")
+            raise ParamError("name", f"grammar {name!r} is already registered; unregister it first")
         try:
             compiled = self._compiler.compile(spec)
         except ValueError as e:
-            raise ValueError(_FIELD.sub("definition", str(e), count=1)) from None
+            raise _as_definition(e) from None
         entry = RegisteredGrammar(name, syntax, definition, spec, compiled)
         with self._lock:
             self._entries.setdefault(name, entry)
@@ -87,14 +87,14 @@ class GrammarRegistry:
         """Forget `name`; ValueError if it is not registered."""
         with self._lock:
             if self._entries.pop(name, None) is None:
-                raise ValueError(f"grammar_name: no grammar named {name!r} is registered")
+                raise ParamError("grammar_name", f"no grammar named {name!r} is registered")
 
     def get(self, name: str) -> RegisteredGrammar:
         """The entry for `name`; ValueError naming it if unknown."""
         with self._lock:
             entry = self._entries.get(name)
         if entry is None:
-            raise ValueError(f"structured_outputs.grammar_name: unknown grammar {name!r}")
+            raise ParamError("structured_outputs.grammar_name", f"unknown grammar {name!r}")
         return entry
 
     def list(self) -> list[dict]:
@@ -110,3 +110,10 @@ class GrammarRegistry:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+def _as_definition(error: ValueError) -> ParamError:
+    """A refusal of the grammar's text, named for the field that holds it here."""
+    if isinstance(error, ParamError):
+        return error.renamed("definition")
+    return ParamError("definition", str(error))

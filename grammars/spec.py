@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from corral.grammars.param_error import ParamError
 from corral.grammars.params import StructuredOutputsParams
 from corral.grammars.schema_rewrite import ascii_digits_regex
 
@@ -48,12 +49,13 @@ def normalize_spec(spec: StructuredOutputsParams | GrammarSpec) -> GrammarSpec:
     if isinstance(spec, GrammarSpec):
         return spec
     if not isinstance(spec, StructuredOutputsParams):
-        raise ValueError(
-            f"structured_outputs: expected StructuredOutputsParams, got {type(spec).__name__}"
+        raise ParamError(
+            "structured_outputs", f"expected StructuredOutputsParams, got {type(spec).__name__}"
         )
     backend = spec.backend
     if backend is not None and backend not in BACKENDS:
-        raise ValueError(f"structured_outputs.backend: must be one of {BACKENDS} (got {backend!r})")
+        raise ParamError("structured_outputs.backend",
+                         f"must be one of {BACKENDS} (got {backend!r})")
     kind = spec.kind
     if kind == "json":
         kind, text = _normalize_json_field(spec.json)
@@ -77,16 +79,17 @@ def check_size(kind: str, text: str) -> None:
     """Refuse over-large constraints before any compiler sees them."""
     field = "choice" if kind == "choice" else kind
     if kind == "regex" and len(text) > MAX_REGEX_CHARS:
-        raise ValueError(
-            f"structured_outputs.regex: {len(text)} characters is over the {MAX_REGEX_CHARS} limit"
+        raise ParamError(
+            "structured_outputs.regex",
+            f"{len(text)} characters is over the {MAX_REGEX_CHARS} limit"
         )
     size = len(text.encode("utf-8"))
     if size > MAX_SPEC_BYTES:
-        raise ValueError(
-            f"structured_outputs.{field}: {size} bytes is over the {MAX_SPEC_BYTES} byte limit"
+        raise ParamError(
+            f"structured_outputs.{field}", f"{size} bytes is over the {MAX_SPEC_BYTES} byte limit"
         )
     if kind in ("regex", "grammar", "grammar_name") and not text:
-        raise ValueError(f"structured_outputs.{field}: must not be empty")
+        raise ParamError(f"structured_outputs.{field}", "must not be empty")
 
 
 def canonical_json(value: Any) -> str:
@@ -100,15 +103,15 @@ def schema_to_text(schema: Any, field: str = "structured_outputs.json") -> str:
         try:
             schema = json.loads(schema)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{field}: not valid JSON ({e})") from None
+            raise ParamError(field, f"not valid JSON ({e})") from None
     if isinstance(schema, bool):
         return canonical_json(schema)
     if not isinstance(schema, dict):
-        raise ValueError(f"{field}: a JSON Schema must be an object (got {type(schema).__name__})")
+        raise ParamError(field, f"a JSON Schema must be an object (got {type(schema).__name__})")
     try:
         return canonical_json(schema)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{field}: schema is not JSON-serialisable ({e})") from None
+        raise ParamError(field, f"schema is not JSON-serialisable ({e})") from None
 
 
 def _normalize_json_field(value: Any) -> tuple[str, str]:
@@ -120,8 +123,8 @@ def _normalize_json_field(value: Any) -> tuple[str, str]:
     outlines_kind = _from_outlines_type(value)
     if outlines_kind is not None:
         return outlines_kind
-    raise ValueError(
-        "structured_outputs.json: expected a JSON Schema dict or text, a pydantic model class "
+    raise ParamError(
+        "structured_outputs.json", "expected a JSON Schema dict or text, a pydantic model class "
         f"or an outlines type object (got {type(value).__name__})"
     )
 
@@ -145,8 +148,8 @@ def _from_outlines_type(value: Any) -> tuple[str, str] | None:
     try:
         return "regex", to_regex(value)
     except Exception as e:  # noqa: BLE001 - outlines raises assorted errors for odd terms
-        raise ValueError(
-            f"structured_outputs.json: cannot turn outlines {name} into a regex ({e})") from None
+        raise ParamError(
+            "structured_outputs.json", f"cannot turn outlines {name} into a regex ({e})") from None
 
 
 def regex_escape(text: str) -> str:
@@ -165,6 +168,7 @@ def regex_escape(text: str) -> str:
 def choice_to_regex(choices: list[str]) -> str:
     """An alternation matching exactly one of `choices`."""
     if len(choices) > MAX_CHOICES:
-        raise ValueError(f"structured_outputs.choice: {len(choices)} choices is over {MAX_CHOICES}")
+        raise ParamError("structured_outputs.choice",
+                         f"{len(choices)} choices is over {MAX_CHOICES}")
     unique = list(dict.fromkeys(choices))
     return "(?:" + "|".join(regex_escape(c) for c in unique) + ")"

@@ -19,6 +19,7 @@ import llguidance
 import xgrammar
 
 from corral.grammars.errors import grammar_error, json_schema_error
+from corral.grammars.param_error import ParamError
 from corral.grammars.schema_rewrite import prepared_schema
 from corral.grammars.spec import GrammarSpec
 from corral.grammars.xgrammar_matcher import XGrammarMatcher, XGrammarVocab
@@ -84,12 +85,12 @@ class XGrammarBackend:
             except RuntimeError as e:
                 raise grammar_error(spec, f"error: {_without_log_prefix(e)}") from None
         if spec.kind == "grammar":
-            raise ValueError(
-                "structured_outputs.grammar: the xgrammar backend cannot compile Lark grammars "
+            raise ParamError(
+                "structured_outputs.grammar", "the xgrammar backend cannot compile Lark grammars "
                 "exactly (it reads terminals as context-free rules, without Lark's "
                 "longest-match lexer); use backend='llguidance'")
-        raise ValueError(
-            f"structured_outputs.{spec.kind}: not a kind the xgrammar backend compiles")
+        raise ParamError(
+            f"structured_outputs.{spec.kind}", "not a kind the xgrammar backend compiles")
 
     def validate(self, spec: GrammarSpec) -> None:
         """Check `spec` without building token masks; ValueError naming the problem."""
@@ -106,7 +107,7 @@ class XGrammarBackend:
 
     def _json_grammar(self, spec: GrammarSpec) -> xgrammar.Grammar:
         if self.json_whitespace is not None:
-            raise ValueError(f"structured_outputs.{spec.kind}: the xgrammar backend writes "
+            raise ParamError(f"structured_outputs.{spec.kind}", "the xgrammar backend writes "
                              "only compact JSON (json_whitespace must be None)")
         text = '{"type":"object"}' if spec.kind == "json_object" else spec.text
         schema = check_xgrammar_schema(prepared_schema(text, self.name), json.loads(text))

@@ -16,6 +16,7 @@ import xgrammar
 
 from corral.grammars.llguidance_backend import fill_eos_only
 from corral.grammars.matcher import Matcher
+from corral.grammars.param_error import ParamError
 
 
 class XGrammarVocab:
@@ -135,8 +136,8 @@ class XGrammarMatcher(Matcher):
 
     def rollback(self, num_tokens: int) -> None:
         if num_tokens < 0 or num_tokens > self._num_accepted:
-            raise ValueError(
-                f"num_tokens: cannot roll back {num_tokens} of {self._num_accepted} tokens")
+            raise ParamError(
+                "num_tokens", f"cannot roll back {num_tokens} of {self._num_accepted} tokens")
         if num_tokens:
             self.inner.rollback(num_tokens)
             self._num_accepted -= num_tokens

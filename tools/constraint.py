@@ -16,6 +16,7 @@ from typing import Any
 
 import llguidance
 
+from corral.grammars.param_error import ParamError
 from corral.grammars.params import StructuredOutputsParams
 from corral.grammars.schema_rewrite import rewrite_schema
 from corral.tools.call_format import (
@@ -48,9 +49,9 @@ def tool_call_constraint(
     Raises ValueError naming the field for bad tools, tool_choice or schemas.
     """
     if not isinstance(parallel_tool_calls, bool):
-        raise ValueError("parallel_tool_calls: must be a boolean")
+        raise ParamError("parallel_tool_calls", "must be a boolean")
     if not isinstance(max_parallel_calls, int) or max_parallel_calls < 1:
-        raise ValueError("max_parallel_calls: must be a positive integer")
+        raise ParamError("max_parallel_calls", "must be a positive integer")
     specs = parse_tools(tools)
     choice = parse_tool_choice(tool_choice, specs)
     if choice.mode == "none" or not specs:
@@ -66,7 +67,7 @@ def tool_call_constraint(
 def build_tool_grammar(specs: list[FunctionSpec], choice: ToolChoice, max_calls: int) -> str:
     """The Lark (llguidance dialect) text for validated specs and choice."""
     if choice.mode == "none":
-        raise ValueError("tool_choice: 'none' has no tool grammar")
+        raise ParamError("tool_choice", "'none' has no tool grammar")
     if choice.mode == "named":
         specs = [s for s in specs if s.name == choice.name]
         max_calls = 1
@@ -125,7 +126,7 @@ def _check_arguments_schema(schema_json: str, where: str) -> None:
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_json)
     except ValueError as e:
-        raise ValueError(f"{where}.function.parameters: {e}") from None
+        raise ParamError(f"{where}.function.parameters", str(e)) from None
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:
-        raise ValueError(f"{where}.function.parameters: cannot be enforced ({messages[0]})")
+        raise ParamError(f"{where}.function.parameters", f"cannot be enforced ({messages[0]})")

@@ -15,6 +15,8 @@ from typing import Any
 
 import jsonschema
 
+from corral.grammars.param_error import ParamError
+
 # OpenAI's rule for function names.
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TOOL_CHOICE_MODES = ("none", "auto", "required")
@@ -61,13 +63,13 @@ def parse_tools(
     if tools is None:
         return []
     if not isinstance(tools, (list, tuple)):
-        raise ValueError("tools: must be a list of tool objects")
+        raise ParamError("tools", "must be a list of tool objects")
     specs: list[FunctionSpec] = []
     seen: set[str] = set()
     for i, tool in enumerate(tools):
         spec = _parse_tool(tool, f"tools[{i}]", check_schemas)
         if spec.name in seen:
-            raise ValueError(f"tools[{i}].function.name: duplicate function name {spec.name!r}")
+            raise ParamError(f"tools[{i}].function.name", f"duplicate function name {spec.name!r}")
         seen.add(spec.name)
         specs.append(spec)
     return specs
@@ -77,26 +79,26 @@ def _parse_tool(tool: Any, where: str, check_schemas: bool) -> FunctionSpec:
     if isinstance(tool, FunctionSpec):
         return tool
     if not isinstance(tool, dict):
-        raise ValueError(f"{where}: must be an object")
+        raise ParamError(where, "must be an object")
     kind = tool.get("type", "function")
     if kind != "function":
-        raise ValueError(f"{where}.type: only 'function' tools are supported (got {kind!r})")
+        raise ParamError(f"{where}.type", f"only 'function' tools are supported (got {kind!r})")
     function = tool.get("function")
     if not isinstance(function, dict):
-        raise ValueError(f"{where}.function: must be an object with at least a name")
+        raise ParamError(f"{where}.function", "must be an object with at least a name")
     name = function.get("name")
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{where}.function.name: every tool needs a non-empty name")
+        raise ParamError(f"{where}.function.name", "every tool needs a non-empty name")
     if not _NAME_RE.match(name):
-        raise ValueError(
-            f"{where}.function.name: {name!r} must match ^[a-zA-Z0-9_-]{{1,64}}$"
+        raise ParamError(
+            f"{where}.function.name", f"{name!r} must match ^[a-zA-Z0-9_-]{{1,64}}$"
         )
     description = function.get("description")
     if description is not None and not isinstance(description, str):
-        raise ValueError(f"{where}.function.description: must be a string")
+        raise ParamError(f"{where}.function.description", "must be a string")
     strict = function.get("strict")
     if strict is not None and not isinstance(strict, bool):
-        raise ValueError(f"{where}.function.strict: must be a boolean")
+        raise ParamError(f"{where}.function.strict", "must be a boolean")
     parameters = _parse_parameters(function.get("parameters"), f"{where}.function.parameters",
                                    check_schemas)
     return FunctionSpec(name, description, parameters, bool(strict))
@@ -106,13 +108,13 @@ def _parse_parameters(parameters: Any, where: str, check_schema: bool) -> dict[s
     if parameters is None:
         return {"type": "object", "properties": {}, "additionalProperties": False}
     if not isinstance(parameters, dict):
-        raise ValueError(f"{where}: must be a JSON Schema object")
+        raise ParamError(where, "must be a JSON Schema object")
     schema = copy.deepcopy(parameters)
     kind = schema.get("type")
     if kind is None:
         schema["type"] = "object"
     elif kind != "object" and not (isinstance(kind, list) and kind == ["object"]):
-        raise ValueError(f"{where}: the schema's type must be 'object' (got {kind!r})")
+        raise ParamError(where, f"the schema's type must be 'object' (got {kind!r})")
     if check_schema:
         _check_schema(json.dumps(schema, sort_keys=True), where)
     return schema
@@ -125,7 +127,7 @@ def _check_schema(schema_json: str, where: str) -> None:
         jsonschema.Draft202012Validator.check_schema(json.loads(schema_json))
     except jsonschema.SchemaError as e:
         path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in e.absolute_path)
-        raise ValueError(f"{where}{path}: not a valid JSON Schema ({e.message})") from None
+        raise ParamError(f"{where}{path}", f"not a valid JSON Schema ({e.message})") from None
 
 
 def parse_tool_choice(tool_choice: Any, specs: list[FunctionSpec]) -> ToolChoice:
@@ -137,23 +139,23 @@ def parse_tool_choice(tool_choice: Any, specs: list[FunctionSpec]) -> ToolChoice
         return ToolChoice("auto" if specs else "none")
     if isinstance(tool_choice, str):
         if tool_choice not in TOOL_CHOICE_MODES:
-            raise ValueError(
-                f"tool_choice: must be one of {', '.join(TOOL_CHOICE_MODES)} or a named "
+            raise ParamError(
+                "tool_choice", f"must be one of {', '.join(TOOL_CHOICE_MODES)} or a named "
                 f"function (got {tool_choice!r})"
             )
         if tool_choice == "required" and not specs:
-            raise ValueError("tool_choice: 'required' needs at least one tool in tools")
+            raise ParamError("tool_choice", "'required' needs at least one tool in tools")
         return ToolChoice(tool_choice)
     if not isinstance(tool_choice, dict):
-        raise ValueError("tool_choice: must be a string or {'type': 'function', ...}")
+        raise ParamError("tool_choice", "must be a string or {'type': 'function', ...}")
     if tool_choice.get("type") != "function":
-        raise ValueError(
-            f"tool_choice.type: only 'function' is supported (got {tool_choice.get('type')!r})"
+        raise ParamError(
+            "tool_choice.type", f"only 'function' is supported (got {tool_choice.get('type')!r})"
         )
     function = tool_choice.get("function")
     name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str) or not name:
-        raise ValueError("tool_choice.function.name: must name one of the tools")
+        raise ParamError("tool_choice.function.name", "must name one of the tools")
     if name not in {s.name for s in specs}:
-        raise ValueError(f"tool_choice.function.name: {name!r} is not one of the tools")
+        raise ParamError("tool_choice.function.name", f"{name!r} is not one of the tools")
     return ToolChoice("named", name)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from corral.grammars.param_error import ParamError
+
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
@@ -17,16 +19,16 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     shows it.
     """
     if not isinstance(messages, (list, tuple)) or not messages:
-        raise ValueError("messages: must be a non-empty list of messages")
+        raise ParamError("messages", "must be a non-empty list of messages")
     names_by_id: dict[str, str] = {}
     result = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
-            raise ValueError(f"{where}: must be an object")
+            raise ParamError(where, "must be an object")
         role = message.get("role")
         if role not in ROLES:
-            raise ValueError(f"{where}.role: must be one of {', '.join(ROLES)} (got {role!r})")
+            raise ParamError(f"{where}.role", f"must be one of {', '.join(ROLES)} (got {role!r})")
         out: dict[str, Any] = {
             "role": "system" if role == "developer" else role,
             "content": _content_text(message.get("content"), f"{where}.content"),
@@ -37,7 +39,7 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if role == "tool":
             call_id = message.get("tool_call_id")
             if not isinstance(call_id, str) or not call_id:
-                raise ValueError(f"{where}.tool_call_id: a tool message needs the call's id")
+                raise ParamError(f"{where}.tool_call_id", "a tool message needs the call's id")
             out["tool_call_id"] = call_id
             if call_id in names_by_id:
                 out["name"] = names_by_id[call_id]
@@ -53,35 +55,35 @@ def _content_text(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise ValueError(f"{where}: must be a string, a list of text parts, or null")
+        raise ParamError(where, "must be a string, a list of text parts, or null")
     texts = []
     for j, part in enumerate(content):
         if not isinstance(part, dict) or part.get("type") != "text":
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise ValueError(f"{where}[{j}].type: only text parts are supported (got {kind!r})")
+            raise ParamError(f"{where}[{j}].type", f"only text parts are supported (got {kind!r})")
         text = part.get("text")
         if not isinstance(text, str):
-            raise ValueError(f"{where}[{j}].text: must be a string")
+            raise ParamError(f"{where}[{j}].text", "must be a string")
         texts.append(text)
     return "".join(texts)
 
 
 def _tool_calls(tool_calls: Any, where: str) -> list[dict[str, str]]:
     if not isinstance(tool_calls, list):
-        raise ValueError(f"{where}: must be a list of tool calls")
+        raise ParamError(where, "must be a list of tool calls")
     calls = []
     for j, call in enumerate(tool_calls):
         function = call.get("function") if isinstance(call, dict) else None
         if not isinstance(function, dict):
-            raise ValueError(f"{where}[{j}].function: must be an object with name and arguments")
+            raise ParamError(f"{where}[{j}].function", "must be an object with name and arguments")
         name = function.get("name")
         if not isinstance(name, str) or not name:
-            raise ValueError(f"{where}[{j}].function.name: must be a non-empty string")
+            raise ParamError(f"{where}[{j}].function.name", "must be a non-empty string")
         arguments = function.get("arguments", "{}")
         if isinstance(arguments, dict):
             arguments = json.dumps(arguments, ensure_ascii=False)
         if not isinstance(arguments, str):
-            raise ValueError(f"{where}[{j}].function.arguments: must be a JSON string")
+            raise ParamError(f"{where}[{j}].function.arguments", "must be a JSON string")
         call_id = call.get("id")
         calls.append({"id": call_id if isinstance(call_id, str) else f"call_{j}",
                       "name": name, "arguments": arguments})

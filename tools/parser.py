@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from corral.grammars.param_error import ParamError
 from corral.tools.call_format import CALL_END, CALL_START
 from corral.tools.events import (
     ContentDelta,
@@ -62,7 +63,7 @@ class ToolCallParser:
     def feed(self, text: str) -> list[Event]:
         """Read the next piece of text; return the events it completes."""
         if self._is_finished:
-            raise ValueError("text: the parser was already finished")
+            raise ParamError("text", "the parser was already finished")
         for c in text:
             self._step(c)
         return self._drain()

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from corral.grammars.param_error import ParamError
 from corral.kernels.rms_norm import rms_norm
 from corral.kernels.rotary_embedding import rotary_embedding
 from corral.kernels.silu_and_mul import silu_and_mul
@@ -120,8 +121,8 @@ class LlamaForCausalLM(nn.Module):
     def __init__(self, config, backend: AttentionBackend, max_position: int):
         super().__init__()
         if config.model_type not in SUPPORTED_ARCHITECTURES:
-            raise ValueError(
-                f"model: architecture {config.model_type!r} is not supported "
+            raise ParamError(
+                "model", f"architecture {config.model_type!r} is not supported "
                 f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
             )
         self.config = config

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from corral.grammars.param_error import ParamError
+
 
 def rope_parameters(config) -> dict:
     """The model's rope settings in one dict (transformers 5 and 4 spell them differently)."""
@@ -32,7 +34,7 @@ def inverse_frequencies(config, head_dim: int) -> tuple[torch.Tensor, float]:
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     if rope_type not in ROPE_INIT_FUNCTIONS or rope_type == "dynamic":
-        raise ValueError(f"model: rope scaling {rope_type!r} is not supported")
+        raise ParamError("model", f"rope scaling {rope_type!r} is not supported")
     inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
     return inv_freq.float(), float(scaling)
 

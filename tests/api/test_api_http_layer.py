@@ -105,10 +105,16 @@ def test_unknown_route_is_an_error_object(client):
     assert err["code"] == "not_found"
 
 
-def test_value_error_prefix_becomes_param():
-    err = APIError.from_value_error(ValueError("tools[0].function.name: bad"))
+def test_param_error_names_its_field():
+    from corral.grammars.param_error import ParamError
+
+    err = APIError.from_value_error(ParamError("tools[0].function.name", "bad"))
     assert err.param == "tools[0].function.name" and err.status == 400
-    assert APIError.from_value_error(ValueError("no field here")).param is None
+    assert err.message == "tools[0].function.name: bad"
+    assert APIError.from_value_error(ParamError("x", "bad"), param="response_format").param \
+        == "response_format"
+    # The field is data: a message that merely looks like "field: ..." names none.
+    assert APIError.from_value_error(ValueError("tools[0].function.name: bad")).param is None
 
 
 def test_error_after_stream_began_is_an_event_then_done():

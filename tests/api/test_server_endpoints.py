@@ -89,6 +89,11 @@ def test_grammar_registration_and_use_by_name(server, client):
     bad = httpx.post(server.v1 + "/grammars", headers=headers,
                      json={"name": "broken", "syntax": "lark", "definition": "start: (\n"})
     assert bad.status_code == 400 and "line" in bad.json()["error"]["message"]
+    assert bad.json()["error"]["param"] == "definition"
+    assert bad.json()["error"]["message"].startswith("definition: ")
+    misnamed = httpx.post(server.v1 + "/grammars", headers=headers,
+                          json={"name": "no spaces", "syntax": "lark", "definition": grammar})
+    assert misnamed.status_code == 400 and misnamed.json()["error"]["param"] == "name"
     assert httpx.delete(server.v1 + "/grammars/yesno", headers=headers).status_code == 200
     assert httpx.delete(server.v1 + "/grammars/yesno", headers=headers).status_code == 404
     with pytest.raises(openai.BadRequestError) as e:
