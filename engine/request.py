@@ -59,15 +59,21 @@ class Request:
         outputs = []
         for seq in self.seqs:
             text = seq.detokenizer.text
+            token_ids = seq.output_token_ids
+            logprobs = seq.logprobs
             if not seq.is_finished:
+                if seq.shown_tokens is not None:  # what the closer may still take back
+                    shown = seq.shown_tokens - seq.num_prompt_tokens
+                    text, token_ids = text[: seq.shown_text_length], token_ids[:shown]
+                    logprobs = logprobs[:shown] if logprobs is not None else None
                 text = text[: len(text) - _stop_holdback(text, self.params.stop)]
             outputs.append(CompletionOutput(
                 index=seq.index,
                 text=text,
-                token_ids=list(seq.output_token_ids),
+                token_ids=list(token_ids),
                 finish_reason=seq.finish_reason,
                 stop_reason=seq.stop_reason,
-                logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
+                logprobs=list(logprobs) if logprobs is not None else None,
             ))
         return RequestOutput(
             request_id=self.request_id,

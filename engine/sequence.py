@@ -73,6 +73,13 @@ class Sequence:
         self.completion_at = 0
         self.completion_checked_at = 0
         self.stale_searched_at = 0  # tokens past `completion_at` at the last search
+        # Near the limit the closer may take tokens back, but never ones a stream has seen:
+        # from its first check there (`close_floor`, every token before it was out) the
+        # output shown is held at the point it may roll back to: `shown_tokens` tokens and
+        # `shown_text_length` characters of text (None: everything is shown).
+        self.close_floor: int | None = None
+        self.shown_tokens: int | None = None
+        self.shown_text_length = 0
 
     @property
     def num_tokens(self) -> int:

@@ -10,6 +10,14 @@ instead, and the sequence ends with finish_reason "stop". A sequence whose gramm
 completion (searched once per grammar, in the compile thread) does not fit its whole budget
 ends at once, with no output, finish_reason "length".
 
+Streams never see a token taken back: from the sequence's first check near the limit (its
+*floor*: everything before may have been streamed) the output shown is held at the point
+the closer may roll back to, and a roll back never goes below the floor. So the first check
+finds the way out again from there (with a larger search if the kept one no longer applies);
+where none is ever found, the output ends as it is, with "length". A stream and a
+non-streamed request get the same tokens: the closer's decisions do not depend on what was
+shown.
+
 Work is bounded: nothing is computed while the limit is far (how far depends on the kept
 completion's length: a longer one needs more time to be re-found); in the watch zone the kept
 completion is first re-checked from the new state (a few accepts and a rollback), and only
@@ -35,6 +43,7 @@ NEAR_END = 8  # tokens left at which a changed structure is searched for (each s
 STALE_SEARCH = 24  # tokens since the kept completion at which a changed structure is too
 SEARCHES_PER_STEP = 1  # searches per engine step that could wait (the end is not near)
 NODE_BUDGET = 48  # search nodes per completion search on the engine's loop, at least
+ENTRY_NODE_BUDGET = 512  # ... on entering the watch zone when the kept one no longer applies
 MAX_NODE_BUDGET = 192  # ... at most: twice the kept completion's length (a longer way out
 # needs a larger search; a failed one costs a roll back past every token since)
 TAIL_STARTS = 8  # tails of the kept completion tried when it no longer applies whole
@@ -53,6 +62,7 @@ class StructureCloser:
         self._searches_this_step = 0
         self.num_taken_back = 0  # generated tokens given up to close a structure
         self.num_appended = 0  # completion tokens appended without a forward pass
+        self.num_unclosed = 0  # outputs cut by the limit with no valid end found in time
 
     @staticmethod
     def applies(seq: Sequence) -> bool:
@@ -91,6 +101,9 @@ class StructureCloser:
         kept = seq.completion
         if left > (FAR if kept is None else min(FAR, WATCH + 2 * len(kept))):
             return
+        if seq.close_floor is None:  # entering the watch zone: all before is out
+            self._enter_zone(seq, left)
+            kept = seq.completion
         since_check = seq.num_tokens - seq.completion_checked_at
         if kept is None:  # no way out known yet: look now and then
             if left <= NEAR_END or (since_check >= REFRESH_EVERY and self._may_search()):
@@ -159,7 +172,13 @@ class StructureCloser:
         return None
 
     def _close(self, seq: Sequence, stop_checker: StopChecker) -> None:
-        """Take back the tokens since the kept completion was found and append it."""
+        """Take back the tokens since the kept completion was found and append it; where it
+        was found before the watch zone (tokens since may have been streamed), nothing
+        valid can end the output any more: it ends as it is, with "length"."""
+        if seq.completion is None or seq.completion_at < (seq.close_floor or 0):
+            self.num_unclosed += 1
+            stop_checker.finish(seq, "length")
+            return
         completion = seq.completion
         num_back = seq.num_tokens - seq.completion_at
         matcher = seq.matcher
@@ -181,13 +200,33 @@ class StructureCloser:
         seq.completion = completion
         seq.completion_at = seq.num_tokens
         seq.stale_searched_at = 0
+        if seq.close_floor is not None:  # a roll back lands here at the earliest: show it
+            seq.shown_tokens = seq.num_tokens
+            seq.shown_text_length = len(seq.detokenizer.text)
 
-    def _search(self, seq: Sequence, max_tokens: int) -> list[int] | None:
+    def _enter_zone(self, seq: Sequence, left: int) -> None:
+        """The first check near the limit. Tokens up to here may have been streamed, so a
+        roll back can land here at the earliest: the kept completion (found earlier) must be
+        found again from here, once with a larger search if it no longer applies."""
+        seq.close_floor = seq.num_tokens
+        seq.shown_tokens = seq.num_tokens
+        seq.shown_text_length = len(seq.detokenizer.text)
+        seq.completion_checked_at = seq.num_tokens
+        kept = seq.completion
+        still = self._still_applies(seq, left) if kept is not None else None
+        if still is None:
+            still = self._search(seq, left, ENTRY_NODE_BUDGET)
+        if still is not None:
+            self._keep(seq, still)
+
+    def _search(self, seq: Sequence, max_tokens: int, budget: int | None = None
+                ) -> list[int] | None:
         from corral.grammars.completion import shortest_completion
 
         start = time.perf_counter()
         kept = len(seq.completion) if seq.completion is not None else 0
-        budget = min(max(NODE_BUDGET, 2 * kept), MAX_NODE_BUDGET)
+        if budget is None:
+            budget = min(max(NODE_BUDGET, 2 * kept), MAX_NODE_BUDGET)
         found = shortest_completion(seq.matcher, max_tokens, vocab=self.vocab(),
                                     node_budget=budget)
         self.num_searches += 1

@@ -113,3 +113,30 @@ def test_async_scheduling_closes_the_same_way(llm, tokenizer, schemas):
         assert x.outputs[0].finish_reason == y.outputs[0].finish_reason
     assert not engine.has_unfinished_requests()
     assert engine.block_manager.num_free_blocks == engine.num_kv_blocks
+
+
+def test_shown_output_is_never_taken_back(llm, tokenizer, schemas):
+    """What each step shows of a constrained output (what a stream sends) is a prefix of
+    its final output, though the closer takes tokens back near the limit."""
+    engine = llm.engine
+    prompts = [_chat(tokenizer, "Reply with JSON valid against: "
+                     + json.dumps(s, separators=(",", ":"))[:2000]) for s in schemas]
+    taken_back = engine.closer.num_taken_back
+    for max_tokens in (24, 48):
+        shown: dict[str, list] = {}
+        for i, (prompt, schema) in enumerate(zip(prompts, schemas, strict=True)):
+            engine.add_request(f"shown-{max_tokens}-{i}", prompt, SamplingParams(
+                temperature=0, max_tokens=max_tokens,
+                structured_outputs=StructuredOutputsParams(json=schema)))
+        final = {}
+        while engine.has_unfinished_requests():
+            for out in engine.step():
+                shown.setdefault(out.request_id, []).append(out.outputs[0])
+                if out.finished:
+                    final[out.request_id] = out.outputs[0]
+        for request_id, seen in shown.items():
+            last = final[request_id]
+            for part in seen:
+                assert last.text.startswith(part.text), (request_id, part.text, last.text)
+                assert last.token_ids[: len(part.token_ids)] == part.token_ids
+    assert engine.closer.num_taken_back > taken_back  # the closer did take tokens back
