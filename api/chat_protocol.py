@@ -207,22 +207,26 @@ class ChatCompletionRequest(OpenAIModel):
             raise APIError("structured_outputs: cannot be combined with response_format",
                            param="structured_outputs")
 
+    def answer_format(self) -> StructuredOutputsParams | None:
+        """The `response_format` constraint (None for text or when absent)."""
+        if self.response_format is None or self.structured_outputs is not None:
+            return None
+        try:
+            return self.response_format.to_params()
+        except ValueError as e:
+            raise APIError.from_value_error(e, param="response_format") from None
+
     def output_constraint(self, tool_spec: StructuredOutputsParams | None
                           ) -> StructuredOutputsParams | None:
-        """The one constraint on the output: tools, response_format or structured_outputs."""
-        own = None
+        """The one constraint on the output: tools (which hold the `response_format` answer
+        beside the calls), response_format or structured_outputs."""
         if self.structured_outputs is not None:
-            own = self.structured_outputs.to_params()
-        elif self.response_format is not None:
-            try:
-                own = self.response_format.to_params()
-            except ValueError as e:
-                raise APIError.from_value_error(e, param="response_format") from None
-        if tool_spec is not None and own is not None:
-            where = "structured_outputs" if self.structured_outputs else "response_format"
-            raise APIError(f"{where}: cannot be combined with tool calls; set tool_choice to "
-                           "'none' or drop it", param=where)
-        return tool_spec if tool_spec is not None else own
+            if tool_spec is not None:
+                raise APIError("structured_outputs: cannot be combined with tool calls; use "
+                               "response_format, or set tool_choice to 'none'",
+                               param="structured_outputs")
+            return self.structured_outputs.to_params()
+        return tool_spec if tool_spec is not None else self.answer_format()
 
     def sampling_params(self, max_tokens: int,
                         constraint: StructuredOutputsParams | None) -> SamplingParams:

@@ -50,7 +50,8 @@ def _prompt_and_tools(state: ServerState, req: ChatCompletionRequest,
     try:
         if tools and req.constrain_tool_calls is not False:
             parallel = True if req.parallel_tool_calls is None else req.parallel_tool_calls
-            tool_spec = tool_call_constraint(tools, req.tool_choice_value(), parallel)
+            tool_spec = tool_call_constraint(tools, req.tool_choice_value(), parallel,
+                                             answer=req.answer_format())
         prompt = render_chat_prompt(state.tokenizer, messages, tools,
                                     add_generation_prompt=True)
     except ValueError as e:

@@ -6,6 +6,10 @@ is valid against that function's `parameters` by construction, and the call text
 is fixed (see `call_format`). The schema first gets the exact-semantics rewrite that
 `response_format` schemas get (`grammars/schema_rewrite.py`). Every grammar ends: after the
 last allowed call only EOS may follow, and at most `max_parallel_calls` calls can be made.
+
+With an `answer` format (a request's `response_format`: a JSON schema or any JSON object),
+`tool_choice` "auto" lets the model either make valid calls or answer with JSON valid
+against that schema (no free text); "required" and a named function allow calls only.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from corral.tools.call_format import (
 from corral.tools.functions import FunctionSpec, ToolChoice, parse_tool_choice, parse_tools
 
 MAX_PARALLEL_CALLS = 16
+# A JSON answer is compact, as `response_format` output is.
+ANSWER_LAYOUT = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
 GRAMMAR_BACKEND = "llguidance"
 
 
@@ -37,6 +43,7 @@ def tool_call_constraint(
     tool_choice: Any = None,
     parallel_tool_calls: bool = True,
     *,
+    answer: StructuredOutputsParams | None = None,
     max_parallel_calls: int = MAX_PARALLEL_CALLS,
 ) -> StructuredOutputsParams | None:
     """The structured-output constraint for a chat request's tools, or None.
@@ -45,7 +52,8 @@ def tool_call_constraint(
     "required" -> one or more calls (exactly one if `parallel_tool_calls` is False);
     {"type": "function", "function": {"name": X}} -> exactly one call of X;
     "auto" -> plain text that never contains the call marker, or any text followed by
-    the marker and then only calls (the rest of the output is constrained).
+    the marker and then only calls (the rest of the output is constrained); with an
+    `answer` (JSON schema or JSON object), calls or that JSON, nothing else.
     Raises ValueError naming the field for bad tools, tool_choice or schemas.
     """
     if not isinstance(parallel_tool_calls, bool):
@@ -57,15 +65,20 @@ def tool_call_constraint(
     if choice.mode == "none" or not specs:
         return None
     for i, spec in enumerate(specs):
-        _check_arguments_schema(_canonical(_arguments_schema(spec)), f"tools[{i}]")
+        _check_arguments_schema(_canonical(_arguments_schema(spec)), f"tools[{i}]",
+                                "function.parameters")
+    answer_schema = _answer_schema(answer) if answer is not None else None
     max_calls = max_parallel_calls if parallel_tool_calls else 1
     return StructuredOutputsParams(
-        grammar=build_tool_grammar(specs, choice, max_calls), backend=GRAMMAR_BACKEND
+        grammar=build_tool_grammar(specs, choice, max_calls, answer_schema),
+        backend=GRAMMAR_BACKEND,
     )
 
 
-def build_tool_grammar(specs: list[FunctionSpec], choice: ToolChoice, max_calls: int) -> str:
-    """The Lark (llguidance dialect) text for validated specs and choice."""
+def build_tool_grammar(specs: list[FunctionSpec], choice: ToolChoice, max_calls: int,
+                       answer_schema: dict[str, Any] | None = None) -> str:
+    """The Lark (llguidance dialect) text for validated specs and choice (and, for "auto",
+    the JSON answer allowed instead of calls)."""
     if choice.mode == "none":
         raise ParamError("tool_choice", "'none' has no tool grammar")
     if choice.mode == "named":
@@ -73,7 +86,10 @@ def build_tool_grammar(specs: list[FunctionSpec], choice: ToolChoice, max_calls:
         max_calls = 1
     more = f' ({_lit(CALL_SEPARATOR)} call){{0,{max_calls - 1}}}' if max_calls > 1 else ""
     lines = ["%llguidance {}"]
-    if choice.mode == "auto":
+    if choice.mode == "auto" and answer_schema is not None:
+        lines += [f"start: answer | call{more}",
+                  f"answer: %json {_canonical(answer_schema)}"]
+    elif choice.mode == "auto":
         # `plain` can never contain the marker; `head` is any text up to the first marker
         # (lazy: it ends there), after which only calls may follow.
         marker = _regex_escape(CALL_START)
@@ -95,6 +111,21 @@ def build_tool_grammar(specs: list[FunctionSpec], choice: ToolChoice, max_calls:
         lines.append(f"fn_{i}: {head} args_{i} {_lit(CALL_SUFFIX)}")
         lines.append(f"args_{i}: %json {_canonical(_arguments_schema(spec))}")
     return "\n".join(lines) + "\n"
+
+
+def _answer_schema(answer: StructuredOutputsParams) -> dict[str, Any]:
+    """The schema of a JSON answer beside the calls, laid out as `response_format` output."""
+    if answer.json_object:
+        schema: Any = {"type": "object"}
+    elif answer.json is not None and isinstance(answer.json, dict):
+        schema = rewrite_schema(answer.json)
+    else:
+        raise ParamError("response_format", "only a JSON schema or a JSON object can be "
+                                            "combined with tools")
+    schema = dict(schema)
+    schema["x-guidance"] = dict(ANSWER_LAYOUT)
+    _check_arguments_schema(_canonical(schema), "response_format", "json_schema.schema")
+    return schema
 
 
 def _lit(text: str) -> str:
@@ -121,12 +152,13 @@ def _canonical(schema: dict[str, Any]) -> str:
 
 
 @lru_cache(maxsize=1024)
-def _check_arguments_schema(schema_json: str, where: str) -> None:
-    """Fail closed: a schema llguidance cannot enforce is refused, naming the tool."""
+def _check_arguments_schema(schema_json: str, where: str, field: str) -> None:
+    """Fail closed: a schema llguidance cannot enforce is refused, naming the field
+    (`where`.`field`: a tool's parameters, or the response format's schema)."""
     try:
         grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_json)
     except ValueError as e:
-        raise ParamError(f"{where}.function.parameters", str(e)) from None
+        raise ParamError(f"{where}.{field}", str(e)) from None
     is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
     if is_error:
-        raise ParamError(f"{where}.function.parameters", f"cannot be enforced ({messages[0]})")
+        raise ParamError(f"{where}.{field}", f"cannot be enforced ({messages[0]})")

@@ -154,3 +154,42 @@ def test_forced_calls_at_tiny_max_tokens_are_never_partial(client, tool_choice, 
     assert (content, finish) == (choice.message.content, choice.finish_reason)
     assert calls == [(c.function.name, c.function.arguments)
                      for c in choice.message.tool_calls or []]
+
+
+REPORT = {"type": "object", "properties": {"city": {"type": "string"},
+                                           "summary": {"type": "string", "maxLength": 40}},
+          "required": ["city", "summary"], "additionalProperties": False}
+REPORT_FORMAT = {"type": "json_schema", "json_schema": {"name": "report", "schema": REPORT}}
+
+
+@pytest.mark.parametrize("tool_choice", [
+    "auto", "required", "none", {"type": "function", "function": {"name": "get_time"}}])
+@pytest.mark.parametrize("question", [
+    "What is the weather like in Paris right now?",
+    "Reply with a JSON report about Paris: its name and a one-line summary."])
+def test_tools_with_a_response_format(client, tool_choice, question):
+    """OpenAI's combination: the model either calls tools or answers in the schema; calls
+    only for "required" and a named function, the schema only for "none"."""
+    messages = [{"role": "user", "content": question}]
+    r = call(client, messages=messages, tool_choice=tool_choice, response_format=REPORT_FORMAT,
+             max_tokens=80)
+    msg, finish = r.choices[0].message, r.choices[0].finish_reason
+    assert_valid_calls(msg)
+    if msg.tool_calls:
+        assert tool_choice != "none" and msg.content is None and finish == "tool_calls"
+    else:
+        assert tool_choice in ("auto", "none") and finish == "stop"
+        jsonschema.validate(json.loads(msg.content), REPORT)
+    content, calls, streamed_finish = streamed(client, messages=messages,
+                                               tool_choice=tool_choice,
+                                               response_format=REPORT_FORMAT, max_tokens=80)
+    assert content == msg.content and streamed_finish == finish
+    assert calls == [(c.function.name, c.function.arguments) for c in msg.tool_calls or []]
+
+
+def test_structured_outputs_with_tools_is_still_refused(client):
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as e:
+        call(client, extra_body={"structured_outputs": {"regex": "a+"}})
+    assert e.value.body["param"] == "structured_outputs"

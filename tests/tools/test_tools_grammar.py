@@ -185,3 +185,50 @@ def test_pattern_in_arguments_has_ecma_semantics(ll_tokenizer, hf_tokenizer, pat
                                {"s": {"type": "string", "pattern": pattern}})
     assert check.accepts(format_call("match", {"s": good}))
     assert not check.accepts(format_call("match", {"s": bad}))
+
+
+ANSWER = {"type": "object", "properties": {"summary": {"type": "string"},
+                                           "temperature": {"type": "number"}},
+          "required": ["summary"], "additionalProperties": False}
+
+
+def answer_grammar(tool_choice, answer=None):
+    from corral.grammars.params import StructuredOutputsParams
+
+    answer = answer or StructuredOutputsParams(json=ANSWER)
+    return tool_call_constraint(TOOLS, tool_choice, True, answer=answer).grammar
+
+
+def test_auto_with_a_response_format_allows_calls_or_the_json_answer(ll_tokenizer,
+                                                                      hf_tokenizer):
+    check = GrammarCheck(ll_tokenizer, hf_tokenizer, answer_grammar("auto"))
+    for text in [PARIS, PARIS + "\n" + TIME, '{"summary":"Sunny"}',
+                 '{"summary":"Sunny","temperature":21.5}']:
+        assert check.accepts(text), text
+    for text in ["It is sunny in Paris today.", "", '{"temperature":21.5}',
+                 '{"summary":"Sunny","wind":3}', "Let me check.\n" + PARIS,
+                 '{"summary":"Sunny"}\n' + PARIS, PARIS + '\n{"summary":"Sunny"}',
+                 '{"summary": "loose whitespace"}']:
+        assert not check.accepts(text), text
+
+
+def test_forced_calls_ignore_the_response_format(ll_tokenizer, hf_tokenizer):
+    for choice in ["required", {"type": "function", "function": {"name": "get_weather"}}]:
+        check = GrammarCheck(ll_tokenizer, hf_tokenizer, answer_grammar(choice))
+        assert check.accepts(PARIS)
+        assert not check.accepts('{"summary":"Sunny"}')
+
+
+def test_json_object_answer_and_bad_answers(ll_tokenizer, hf_tokenizer):
+    from corral.grammars.param_error import ParamError
+    from corral.grammars.params import StructuredOutputsParams
+
+    check = GrammarCheck(ll_tokenizer, hf_tokenizer,
+                         answer_grammar("auto", StructuredOutputsParams(json_object=True)))
+    assert check.accepts('{"anything":[1,2]}') and check.accepts(TIME)
+    assert not check.accepts("[1,2]") and not check.accepts("plain text")
+    assert tool_call_constraint(TOOLS, "none", answer=StructuredOutputsParams(json=ANSWER)) \
+        is None  # "none": the response format alone constrains the output
+    with pytest.raises(ParamError) as e:
+        answer_grammar("auto", StructuredOutputsParams(regex="a+"))
+    assert e.value.param == "response_format"
