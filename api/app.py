@@ -17,6 +17,7 @@ from .errors import APIError, install_error_handlers
 from .generation import ClientDisconnected
 from .middleware import APIKeyMiddleware, BodyLimitMiddleware
 from .protocol import (
+    DetokenizeRequest,
     EmbeddingData,
     EmbeddingRequest,
     EmbeddingResponse,
@@ -26,6 +27,7 @@ from .protocol import (
     GrammarRequest,
     ModelCard,
     ModelList,
+    TokenizeRequest,
 )
 from .serving_chat import chat_completion
 from .serving_completion import completion
@@ -64,6 +66,29 @@ def create_app(engine: Any, settings: ServerSettings | None = None,
             cards.append(ModelCard(id=embedder.model_name, created=state.created,
                                    max_model_len=embedder.max_tokens))
         return cards
+
+    @app.get("/version")
+    async def version() -> JSONResponse:
+        return JSONResponse({"version": corral_version()})
+
+    @app.post("/tokenize")
+    async def tokenize(req: TokenizeRequest) -> JSONResponse:
+        state.check_chat_model(req.model)
+        if (req.prompt is None) == (req.messages is None):
+            raise APIError("prompt: give exactly one of prompt and messages", param="prompt")
+        ids = await asyncio.to_thread(_tokenize, state, req)
+        return JSONResponse({"count": len(ids), "max_model_len": state.max_model_len,
+                             "tokens": ids})
+
+    @app.post("/detokenize")
+    async def detokenize(req: DetokenizeRequest) -> JSONResponse:
+        state.check_chat_model(req.model)
+        vocab = len(state.tokenizer)
+        bad = [t for t in req.tokens if not 0 <= t < vocab]
+        if bad:
+            raise APIError(f"tokens: token id {bad[0]} is outside the vocabulary "
+                           f"(0..{vocab - 1})", param="tokens")
+        return JSONResponse({"prompt": state.tokenizer.decode(req.tokens)})
 
     @app.get("/v1/models")
     async def list_models() -> JSONResponse:
@@ -184,3 +209,28 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
+
+
+def corral_version() -> str:
+    """The installed package's version."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("corral")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _tokenize(state: ServerState, req: TokenizeRequest) -> list[int]:
+    """Token ids of a prompt, or of chat messages as the chat template renders them."""
+    if req.messages is not None:
+        from corral.tools import render_chat_prompt
+
+        try:
+            text = render_chat_prompt(state.tokenizer, req.messages, None,
+                                      add_generation_prompt=req.add_generation_prompt)
+        except ValueError as e:
+            raise APIError.from_value_error(e, param="messages") from None
+        return list(state.tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(state.tokenizer(req.prompt, add_special_tokens=req.add_special_tokens)
+                ["input_ids"])

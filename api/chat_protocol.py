@@ -14,7 +14,7 @@ from pydantic import Field
 from corral.engine.sampling_params import SamplingParams, StructuredOutputsParams
 
 from .errors import APIError
-from .protocol import OpenAIModel, StreamOptions, StructuredOutputs
+from .protocol import GenerationRequest, OpenAIModel, StreamOptions, StructuredOutputs
 
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]{1,64}$"
 
@@ -126,7 +126,7 @@ class ResponseFormat(OpenAIModel):
         return StructuredOutputsParams(json=schema)
 
 
-class ChatCompletionRequest(OpenAIModel):
+class ChatCompletionRequest(GenerationRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = None
     frequency_penalty: float | None = None

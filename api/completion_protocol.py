@@ -9,10 +9,10 @@ from pydantic import BaseModel, Field
 from corral.engine.sampling_params import SamplingParams
 
 from .errors import APIError
-from .protocol import OpenAIModel, StreamOptions, StructuredOutputs, UsageInfo
+from .protocol import GenerationRequest, StreamOptions, StructuredOutputs, UsageInfo
 
 
-class CompletionRequest(OpenAIModel):
+class CompletionRequest(GenerationRequest):
     prompt: str | list[str] | list[int] | list[list[int]]
     model: str | None = None
     best_of: int | None = None

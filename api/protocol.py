@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corral.engine.sampling_params import StructuredOutputsParams
 
@@ -53,6 +53,53 @@ class StructuredOutputs(OpenAIModel):
             )
         except ValueError as e:
             raise APIError.from_value_error(e, param="structured_outputs") from None
+
+
+# vLLM's older constraint fields -> the `structured_outputs` field each one stands for.
+GUIDED_FIELDS = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice",
+                 "guided_grammar": "grammar"}
+
+
+class GenerationRequest(OpenAIModel):
+    """Base of the generation requests: vLLM's `guided_*` fields are honoured as the
+    `structured_outputs` they stand for (never silently dropped)."""
+
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+
+    @model_validator(mode="after")
+    def _fold_guided_fields(self) -> GenerationRequest:
+        given = [name for name in GUIDED_FIELDS if getattr(self, name) is not None]
+        if not given:
+            return self
+        if len(given) > 1:
+            raise APIError(f"{given[1]}: only one of {', '.join(GUIDED_FIELDS)} may be set",
+                           param=given[1])
+        name = given[0]
+        if getattr(self, "structured_outputs", None) is not None:
+            raise APIError(f"{name}: cannot be combined with structured_outputs", param=name)
+        self.structured_outputs = StructuredOutputs.model_validate(
+            {GUIDED_FIELDS[name]: getattr(self, name)})
+        return self
+
+
+class TokenizeRequest(OpenAIModel):
+    """`POST /tokenize`: a prompt, or chat messages rendered by the chat template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True
+
+
+class DetokenizeRequest(OpenAIModel):
+    """`POST /detokenize`: token ids back to text."""
+
+    model: str | None = None
+    tokens: list[int]
 
 
 class PromptTokensDetails(BaseModel):

@@ -191,3 +191,53 @@ def test_non_streamed_request_is_aborted_when_the_client_leaves(server):
     generated = metric(scrape(server), "corral_generation_tokens_total") - before
     assert 0 < generated < 900
     assert metric(scrape(server), "corral_kv_cache_usage_perc") == 0
+
+
+def test_tokenize_detokenize_and_version(server, client):
+    headers = {"Authorization": f"Bearer {server.api_key}"}
+    r = httpx.post(server.base_url + "/tokenize", headers=headers,
+                   json={"prompt": "Hello there"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["count"] == len(body["tokens"]) > 0 and body["max_model_len"] > 0
+    back = httpx.post(server.base_url + "/detokenize", headers=headers,
+                      json={"tokens": body["tokens"]})
+    assert back.status_code == 200 and back.json()["prompt"].endswith("Hello there")
+    chat = httpx.post(server.base_url + "/tokenize", headers=headers, json={
+        "messages": [{"role": "user", "content": "Hi"}]}).json()
+    # The chat template's own tokens come with it: the same count a chat request's usage has.
+    used = client.chat.completions.create(model="", messages=[{"role": "user", "content": "Hi"}],
+                                          max_tokens=1)
+    assert chat["count"] == used.usage.prompt_tokens
+    bad = httpx.post(server.base_url + "/detokenize", headers=headers, json={"tokens": [-1]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "tokens"
+    both = httpx.post(server.base_url + "/tokenize", headers=headers,
+                      json={"prompt": "x", "messages": [{"role": "user", "content": "Hi"}]})
+    assert both.status_code == 400
+    version = httpx.get(server.base_url + "/version")
+    assert version.status_code == 200 and version.json()["version"]
+
+
+def test_legacy_guided_fields_are_honoured(client):
+    r = client.chat.completions.create(
+        model="", messages=[{"role": "user", "content": "Is the sky blue?"}], max_tokens=5,
+        extra_body={"guided_choice": ["yes", "no"]})
+    assert r.choices[0].message.content in ("yes", "no")
+    c = client.completions.create(model="", prompt="The year is", max_tokens=6,
+                                  extra_body={"guided_regex": r"[0-9]{4}"})
+    assert re.fullmatch(r"[0-9]{4}", c.choices[0].text)
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    j = client.chat.completions.create(
+        model="", messages=[{"role": "user", "content": "JSON please"}], max_tokens=20,
+        extra_body={"guided_json": schema})
+    assert isinstance(json.loads(j.choices[0].message.content)["a"], int)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model="", messages=[{"role": "user", "content": "x"}], max_tokens=2,
+            extra_body={"guided_regex": "a", "guided_choice": ["b"]})
+    assert e.value.body["param"] == "guided_choice"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(
+            model="", messages=[{"role": "user", "content": "x"}], max_tokens=2,
+            extra_body={"guided_regex": "a", "structured_outputs": {"regex": "b"}})
+    assert e.value.body["param"] == "guided_regex"
