@@ -13,8 +13,9 @@ ends at once, with no output, finish_reason "length".
 Streams never see a token taken back: from the sequence's first check near the limit (its
 *floor*: everything before may have been streamed) the output shown is held at the point
 the closer may roll back to, and a roll back never goes below the floor. So the first check
-finds the way out again from there (with a larger search if the kept one no longer applies);
-where none is ever found, the output ends as it is, with "length". A stream and a
+looks for the way out again from there (the kept one, else a search, then a search now and
+then as the model goes on); where none is ever found, the output ends as it is, with
+"length". A stream and a
 non-streamed request get the same tokens: the closer's decisions do not depend on what was
 shown.
 
@@ -43,7 +44,6 @@ NEAR_END = 8  # tokens left at which a changed structure is searched for (each s
 STALE_SEARCH = 24  # tokens since the kept completion at which a changed structure is too
 SEARCHES_PER_STEP = 1  # searches per engine step that could wait (the end is not near)
 NODE_BUDGET = 48  # search nodes per completion search on the engine's loop, at least
-ENTRY_NODE_BUDGET = 512  # ... on entering the watch zone when the kept one no longer applies
 MAX_NODE_BUDGET = 192  # ... at most: twice the kept completion's length (a longer way out
 # needs a larger search; a failed one costs a roll back past every token since)
 TAIL_STARTS = 8  # tails of the kept completion tried when it no longer applies whole
@@ -207,7 +207,7 @@ class StructureCloser:
     def _enter_zone(self, seq: Sequence, left: int) -> None:
         """The first check near the limit. Tokens up to here may have been streamed, so a
         roll back can land here at the earliest: the kept completion (found earlier) must be
-        found again from here, once with a larger search if it no longer applies."""
+        found again from here (or one found by a search, now or in later checks)."""
         seq.close_floor = seq.num_tokens
         seq.shown_tokens = seq.num_tokens
         seq.shown_text_length = len(seq.detokenizer.text)
@@ -215,7 +215,7 @@ class StructureCloser:
         kept = seq.completion
         still = self._still_applies(seq, left) if kept is not None else None
         if still is None:
-            still = self._search(seq, left, ENTRY_NODE_BUDGET)
+            still = self._search(seq, left)
         if still is not None:
             self._keep(seq, still)
 
