@@ -14,7 +14,8 @@ async def _send_error(err: APIError, scope: Scope, receive: Receive, send: Send)
 
 
 class APIKeyMiddleware:
-    """Every `/v1` route needs `Authorization: Bearer <key>` (401 otherwise)."""
+    """Every `/v1` route needs the key, as `Authorization: Bearer <key>` (OpenAI clients) or
+    `x-api-key: <key>` (Anthropic clients); 401 otherwise."""
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app = app
@@ -28,9 +29,12 @@ class APIKeyMiddleware:
         headers = dict(scope.get("headers") or [])
         auth = headers.get(b"authorization", b"")
         scheme, _, token = auth.partition(b" ")
-        if scheme.lower() != b"bearer" or not secrets.compare_digest(token.strip(), self._key):
-            message = ("Missing API key: send 'Authorization: Bearer <key>'" if not auth
-                       else "Incorrect API key provided")
+        if scheme.lower() != b"bearer":
+            token = headers.get(b"x-api-key", b"")
+        if not token or not secrets.compare_digest(token.strip(), self._key):
+            given = auth or headers.get(b"x-api-key")
+            message = ("Missing API key: send 'Authorization: Bearer <key>' or 'x-api-key: "
+                       "<key>'" if not given else "Incorrect API key provided")
             err = APIError(message, status=401, code="invalid_api_key")
             await _send_error(err, scope, receive, send)
             return

@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jsonschema  # noqa: E402
-from workload_mix import schema_items  # noqa: E402
+from workload_mix import compile_check, schema_items  # noqa: E402
 
 from corral.engine import LLM, SamplingParams  # noqa: E402
 
@@ -68,12 +68,7 @@ def main() -> int:
     llm = LLM(args.model, device=args.device, max_num_seqs=64)
     engine = llm.engine
 
-    def compiles(constraint) -> bool:
-        try:
-            engine.grammar.compile(constraint)
-            return True
-        except ValueError:
-            return False
+    compiles = compile_check(engine)
 
     items = schema_items(compiles, args.num_schemas, args.seed)
     splits = Counter(item.name.split("/")[0] for item in items)

@@ -34,7 +34,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from workload_mix import MixItem, build_mix  # noqa: E402
+from workload_mix import MixItem, build_mix, compile_check  # noqa: E402
 
 from corral.engine import LLM, SamplingParams  # noqa: E402
 from corral.engine.logits_process import allocate_bitmask  # noqa: E402
@@ -195,12 +195,7 @@ def main() -> None:
               fast_forward=args.fast_forward)
     engine = llm.engine
 
-    def compiles(constraint) -> bool:
-        try:
-            engine.grammar.compile(constraint)
-            return True
-        except ValueError:
-            return False
+    compiles = compile_check(engine)
 
     start = time.perf_counter()
     items = build_mix(compiles, args.num_schemas, args.num_tools, args.seed)

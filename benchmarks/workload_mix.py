@@ -86,6 +86,20 @@ class MixItem:
         return render_chat_prompt(tokenizer, self.messages, self.tools)
 
 
+def compile_check(engine: Any) -> Any:
+    """`compiles(constraint)` for `build_mix`: whether the engine's default backend compiles
+    it (compiled grammars stay cached for the run)."""
+
+    def compiles(constraint: StructuredOutputsParams) -> bool:
+        try:
+            engine.grammar.compile(constraint)
+            return True
+        except ValueError:
+            return False
+
+    return compiles
+
+
 def datasets_dir() -> Path:
     default = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
     path = Path(os.environ.get("CORRAL_DATASETS", default))

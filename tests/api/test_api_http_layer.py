@@ -74,6 +74,10 @@ def test_auth_on_v1_only(client):
     err = assert_error(client.get("/v1/boom"), 401)
     assert err["code"] == "invalid_api_key"
     assert_error(client.get("/v1/boom", headers={"Authorization": "Bearer wrong"}), 401)
+    assert_error(client.get("/v1/boom", headers={"x-api-key": "wrong"}), 401)
+    assert_error(client.get("/v1/boom", headers={"x-api-key": ""}), 401)
+    # Anthropic clients send the key as x-api-key: it passes the check (then the route's 500).
+    assert client.get("/v1/boom", headers={"x-api-key": "sekret"}).status_code == 500
     assert client.get("/health").status_code == 200
 
 
