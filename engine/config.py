@@ -27,6 +27,10 @@ class EngineConfig:
     output) and verifies them in one forward pass; `fast_forward` alone drafts only the
     tokens grammars force. `overlap_grammar` (None: on for CUDA) fills grammar masks on a
     worker thread while the engine thread goes on.
+    `tensor_parallel_size` splits the model over that many ranks (one process per GPU),
+    `nnodes` machines with as many ranks each; node 0 runs the engine, the others only
+    workers (`node_rank` > 0). They meet at `master_addr:master_port` (None: a free port,
+    one node only).
     """
 
     model: str | None = None
@@ -55,6 +59,11 @@ class EngineConfig:
     speculative: str | None = None
     num_speculative_tokens: int = 4
     overlap_grammar: bool | None = None
+    tensor_parallel_size: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, what: str) -> None:
@@ -83,6 +92,15 @@ class EngineConfig:
         check(isinstance(self.num_speculative_tokens, int)
               and 1 <= self.num_speculative_tokens <= 16, "num_speculative_tokens",
               "must be an integer in 1..16")
+        check(isinstance(self.tensor_parallel_size, int) and self.tensor_parallel_size >= 1,
+              "tensor_parallel_size", "must be a positive integer")
+        check(isinstance(self.nnodes, int) and self.nnodes >= 1
+              and self.tensor_parallel_size % self.nnodes == 0, "nnodes",
+              f"must be a positive divisor of tensor_parallel_size "
+              f"({self.tensor_parallel_size})")
+        check(0 <= self.node_rank < self.nnodes, "node_rank", f"must be in 0..{self.nnodes - 1}")
+        check(self.master_port is not None or self.nnodes == 1, "master_port",
+              "is needed when the group spans several nodes")
         if not self.enable_chunked_prefill and self.max_model_len is not None:
             check(self.max_num_batched_tokens >= self.max_model_len, "max_num_batched_tokens",
                   "must cover max_model_len when chunked prefill is off")

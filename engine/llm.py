@@ -116,3 +116,13 @@ class LLM:
     def grammars(self) -> list[dict]:
         """The registered grammars: name, syntax and definition of each."""
         return self.engine.grammar.registry.list()
+
+    def shutdown(self) -> None:
+        """Stop the grammar threads and any tensor-parallel workers."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()

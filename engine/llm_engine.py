@@ -588,6 +588,7 @@ class LLMEngine:
         self.grammar_step.shutdown()
         if self._grammar is not None:
             self._grammar.shutdown()
+        self.runner.shutdown()
 
 
 def _has_penalties(params: SamplingParams) -> bool:

@@ -10,6 +10,7 @@ import logging
 import re
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -17,6 +18,7 @@ from corral.grammars.param_error import ParamError
 
 from .attention import AttentionBackend
 from .models.llama import LlamaForCausalLM
+from .tensor_parallel import TensorParallel
 
 logger = logging.getLogger(__name__)
 
@@ -65,17 +67,18 @@ def load_config(model_dir: Path, shape: str | None, vocab_size: int | None):
 
 
 def build_model(config, backend: AttentionBackend, max_position: int, dtype: torch.dtype,
-                device: torch.device) -> LlamaForCausalLM:
-    """An uninitialised model of the config's shape on `device`."""
+                device: torch.device, tp: TensorParallel | None = None) -> LlamaForCausalLM:
+    """An uninitialised model of the config's shape (this rank's shard of it) on `device`."""
     with torch.device("meta"):
-        model = LlamaForCausalLM(config, backend, max_position)
+        model = LlamaForCausalLM(config, backend, max_position, tp)
     model = model.to_empty(device=device).to(dtype).eval()
     model.rotary.reset(device)
     return model
 
 
 def load_weights(model: LlamaForCausalLM, model_dir: Path) -> None:
-    """Copy a folder's safetensors weights into the model, fusing q/k/v and gate/up."""
+    """Copy a folder's safetensors weights into the model, fusing q/k/v and gate/up; under
+    tensor parallelism only this rank's slice of each tensor is read from disk."""
     from safetensors import safe_open
 
     files = sorted(Path(model_dir).glob("*.safetensors"))
@@ -86,57 +89,93 @@ def load_weights(model: LlamaForCausalLM, model_dir: Path) -> None:
         for file in files:
             with safe_open(str(file), framework="pt") as f:
                 for name in f.keys():
-                    yield name, f.get_tensor(name)
+                    yield name, f.get_slice(name)
 
     load_named_tensors(model, tensors(), str(model_dir))
 
 
-def load_named_tensors(model: LlamaForCausalLM, tensors: Iterable[tuple[str, torch.Tensor]],
+# How a checkpoint tensor maps onto this rank: (dim, first index, length) of its slice, or
+# None for a tensor every rank holds whole.
+Shard = tuple[int, int, int] | None
+_VOCAB_PARAMS = ("embed_tokens.weight", "lm_head.weight")
+
+
+def load_named_tensors(model: LlamaForCausalLM, tensors: Iterable[tuple[str, Any]],
                        source: str = "state dict") -> None:
-    """Copy (checkpoint name, tensor) pairs in the HF layout into the model."""
+    """Copy (checkpoint name, tensor) pairs in the HF layout into the model. A "tensor" may
+    be anything sliced like one (a safetensors slice reads only the rows it is asked for)."""
     params = dict(model.named_parameters())
     loaded: set[str] = set()
     for name, tensor in tensors:
-        target, offset = _target_of(model, name)
+        target, offset, shard = _target_of(model, name)
         if target is None or target not in params:
             continue
+        part = _take(tensor, shard)
         param = params[target]
         with torch.no_grad():
-            param.data[offset : offset + tensor.shape[0]].copy_(tensor.to(param.dtype))
+            param.data[offset : offset + part.shape[0]].copy_(part.to(param.dtype))
+            if target in _VOCAB_PARAMS:  # the last rank's padding rows, never read back
+                param.data[part.shape[0] :].zero_()
         loaded.add(target)
     missing = [n for n in params if n not in loaded]
     if missing:
         raise ParamError("model", f"{source} lacks weights for {missing[:5]}")
 
 
-def _target_of(model: LlamaForCausalLM, name: str) -> tuple[str | None, int]:
-    """Map a checkpoint tensor name to (our parameter name, row offset in it)."""
+def _take(tensor: Any, shard: Shard) -> torch.Tensor:
+    if shard is None:
+        return torch.as_tensor(tensor[:])
+    dim, first, length = shard
+    if dim == 0:
+        return torch.as_tensor(tensor[first : first + length])
+    return torch.as_tensor(tensor[:, first : first + length])
+
+
+def _target_of(model: LlamaForCausalLM, name: str) -> tuple[str | None, int, Shard]:
+    """Map a checkpoint tensor name to (our parameter name, row offset in it, the slice of
+    the checkpoint tensor this rank holds)."""
+    vocab_first, vocab_rows = model.first_vocab_row, model.embed_tokens.num_embeddings
+    vocab_shard = (0, vocab_first, max(min(vocab_rows, model.vocab_size - vocab_first), 0))
     if name.startswith("lm_head.") and model.tie_word_embeddings:
-        return None, 0
+        return None, 0, None
     if name == "lm_head.weight":
-        return "lm_head.weight", 0
-    if name.startswith("model.embed_tokens.") or name.startswith("model.norm."):
-        return name[len("model."):], 0
+        return "lm_head.weight", 0, vocab_shard
+    if name == "model.embed_tokens.weight":
+        return "embed_tokens.weight", 0, vocab_shard
+    if name.startswith("model.norm."):
+        return name[len("model."):], 0, None
     m = _LAYER.match(name)
     if m is None:
         if name.startswith("model.layers.") and "rotary_emb" not in name:
-            return name[len("model."):], 0
-        return None, 0
+            return name[len("model."):], 0, None
+        return None, 0, None
     layer, block, proj, kind = int(m[1]), m[2], m[3], m[4]
     prefix = f"layers.{layer}.{block}."
     attn = model.layers[layer].self_attn
-    if proj in ("q", "k", "v"):
-        offset = {"q": 0, "k": attn.q_size, "v": attn.q_size + attn.kv_size}[proj]
-        return f"{prefix}qkv_proj.{kind}", offset
+    mlp = model.layers[layer].mlp
+    rank = model.tp.rank
+    if proj == "q":
+        return f"{prefix}qkv_proj.{kind}", 0, (0, rank * attn.q_size, attn.q_size)
+    if proj in ("k", "v"):
+        offset = attn.q_size + (0 if proj == "k" else attn.kv_size)
+        shard = (0, attn.first_kv_head * attn.head_dim, attn.kv_size)
+        return f"{prefix}qkv_proj.{kind}", offset, shard
     if proj in ("gate", "up"):
-        offset = 0 if proj == "gate" else model.layers[layer].mlp.intermediate_size
-        return f"{prefix}gate_up_proj.{kind}", offset
-    return f"{prefix}{proj}_proj.{kind}", 0
+        offset = 0 if proj == "gate" else mlp.intermediate_size
+        shard = (0, rank * mlp.intermediate_size, mlp.intermediate_size)
+        return f"{prefix}gate_up_proj.{kind}", offset, shard
+    if proj == "o":
+        return f"{prefix}o_proj.{kind}", 0, (1, rank * attn.q_size, attn.q_size)
+    if proj == "down":
+        shard = (1, rank * mlp.intermediate_size, mlp.intermediate_size)
+        return f"{prefix}down_proj.{kind}", 0, shard
+    return f"{prefix}{proj}_proj.{kind}", 0, None
 
 
 def init_dummy_weights(model: LlamaForCausalLM, seed: int) -> None:
-    """Random weights of the right shape and scale (for benchmarks)."""
-    torch.manual_seed(seed)
+    """Random weights of the right shape and scale (for benchmarks); each tensor-parallel
+    rank draws its own shard."""
+    torch.manual_seed(seed + 1000 * model.tp.rank)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith("norm.weight") or "layernorm" in name:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from .config import EngineConfig
 from .cuda_graphs import DecodeGraphs
 from .model_loader import build_model, init_dummy_weights, load_config, load_weights
 from .scheduler import SchedulerOutput
+from .tensor_parallel import TensorParallel, check_tensor_parallel
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +36,24 @@ class PendingTokens:
 
     token_ids: torch.Tensor  # int64 [num_sampled], on the model's device
     rows: dict[int, int]
+
+
+class StepShape(NamedTuple):
+    """The sizes a step's flat host array is cut by, and the host-side attention scalars.
+    Rank 0 broadcasts it (as `HEADER` ints) ahead of the array itself."""
+
+    num_tokens: int
+    num_rows: int  # query rows (a sequence verifying drafts has one per token)
+    num_logits: int
+    num_fill: int  # input tokens still pending on rank 0's device
+    max_blocks: int
+    num_decodes: int
+    max_query_len: int
+    max_seq_len: int
+
+
+_OP_STOP, _OP_STEP = 0, 1
+_HEADER = 2 + len(StepShape._fields)  # op, payload length, StepShape
 
 
 @dataclass
@@ -94,18 +114,34 @@ class ModelRunner:
     """Runs the model over flattened batches against the paged KV cache."""
 
     def __init__(self, config: EngineConfig, model_dir: Path, vocab_size_hint: int | None,
-                 max_model_len: int | None, max_rows_per_seq: int = 1):
-        self.config = config
+                 max_model_len: int | None, max_rows_per_seq: int = 1, tp_rank: int = 0):
+        """`tp_rank` 0 is the engine's runner (it starts the other ranks when
+        `config.tensor_parallel_size` > 1); a worker process passes its own rank."""
         # A sequence verifying drafts is computed as one decode row per token.
         self.max_rows_per_seq = max_rows_per_seq
-        self.device = pick_device(config.device)
-        self.dtype = pick_dtype(config.dtype, self.device)
+        device = pick_device(config.device)
         self.hf_config = load_config(model_dir, config.shape, vocab_size_hint)
+        check_tensor_parallel(self.hf_config, config.tensor_parallel_size)
+        self.workers: list = []
+        self.tp = TensorParallel()
+        if config.tensor_parallel_size > 1:
+            from . import tensor_parallel_group as group
+
+            if tp_rank == 0:
+                args = (model_dir, vocab_size_hint, max_model_len, max_rows_per_seq)
+                config, self.tp, self.workers = group.launch(config, args, device)
+            else:
+                self.tp = group.join_group(tp_rank, config, group.rank_device(
+                    device, tp_rank % group.ranks_per_node(config)))
+            device = group.rank_device(device, self.tp.local_rank)
+        self.config = config
+        self.device = device
+        self.dtype = pick_dtype(config.dtype, self.device)
         context = int(getattr(self.hf_config, "max_position_embeddings", 4096) or 4096)
         self.max_model_len = min(max_model_len or context, context)
         self.backend = make_attention_backend(config.attention_backend, self.device)
         self.model = build_model(self.hf_config, self.backend, self.max_model_len,
-                                 self.dtype, self.device)
+                                 self.dtype, self.device, self.tp)
         if config.load_format == "dummy":
             init_dummy_weights(self.model, config.seed)
         else:
@@ -137,6 +173,11 @@ class ModelRunner:
             num_blocks = self._profile_gpu_blocks()
         else:
             num_blocks = self.config.kv_cache_memory // self.kv_bytes_per_block
+        if self.tp.enabled:  # every rank holds the same blocks: the smallest pool wins
+            count = torch.tensor([num_blocks], dtype=torch.int64)
+            torch.distributed.all_reduce(count, torch.distributed.ReduceOp.MIN,
+                                         group=self.tp.cpu_group)
+            num_blocks = int(count.item())
         if num_blocks < 2:
             raise ParamError("kv_cache_memory", "too small for two KV blocks")
         attn = self.model.layers[0].self_attn
@@ -203,9 +244,19 @@ class ModelRunner:
 
     def prepare(self, batch: SchedulerOutput, pending: PendingTokens | None = None
                 ) -> StepInputs:
-        """Host-side batch building, then one host-to-device copy.
+        """Host-side batch building, then one host-to-device copy (broadcast first to the
+        other tensor-parallel ranks).
 
         Input tokens still pending on the device are filled in there from `pending`."""
+        host, shape = self._host_batch(batch, pending)
+        if self.tp.enabled:
+            self._send_step(host, shape)
+        return self._upload(host, shape, pending)
+
+    def _host_batch(self, batch: SchedulerOutput, pending: PendingTokens | None
+                    ) -> tuple[np.ndarray, StepShape]:
+        """The step as one flat int64 array: input ids, positions, slots, query starts,
+        sequence lengths, logits rows, pending fills (destination, source), block tables."""
         bs = self.block_size
         num_seqs = len(batch.scheduled)
         input_ids: list[int] = []
@@ -270,36 +321,80 @@ class ModelRunner:
                 logits_indices.append(starts[-1] - 1)
         if len(table_rows) != num_seqs:
             block_tables = block_tables[table_rows]
-        num_rows = len(table_rows)
-        num_tokens = starts[-1]
         host = np.concatenate([
             np.asarray(input_ids + positions + slots + starts + seq_lens + logits_indices
                        + fill_dst + fill_src, dtype=np.int64),
             block_tables.reshape(-1),
         ])
+        max_query_len = max((s.num_new_tokens for s in batch.scheduled if not s.is_decode),
+                            default=1)
+        shape = StepShape(starts[-1], len(table_rows), len(logits_indices), len(fill_dst),
+                          max_blocks, num_decodes, max_query_len, max(seq_lens))
+        return host, shape
+
+    def _upload(self, host: np.ndarray, shape: StepShape, pending: PendingTokens | None
+                ) -> StepInputs:
+        """One host-to-device copy of the flat array, cut into the step's tensors."""
         dev = torch.from_numpy(host)
         if self.device.type == "cuda":
             dev = self._to_device(dev)
-        sizes = [num_tokens, num_tokens, num_tokens, num_rows + 1, num_rows,
-                 len(logits_indices), len(fill_dst), len(fill_src), num_rows * max_blocks]
+        t, r = shape.num_tokens, shape.num_rows
+        sizes = [t, t, t, r + 1, r, shape.num_logits, shape.num_fill, shape.num_fill,
+                 r * shape.max_blocks]
         (ids_t, pos_t, slots_t, starts_t, lens_t, logits_t, dst_t, src_t,
          tables_t) = dev.split(sizes)
-        if fill_dst:
-            ids_t.index_copy_(0, dst_t, pending.token_ids.index_select(0, src_t))
+        if shape.num_fill:
+            if pending is not None:
+                ids_t.index_copy_(0, dst_t, pending.token_ids.index_select(0, src_t))
+            if self.tp.enabled:  # the pending tokens live on rank 0's device only
+                torch.distributed.broadcast(ids_t, src=0, group=self.tp.group)
         meta = AttentionMetadata(
             query_start_loc=starts_t.to(torch.int32),
             seq_lens=lens_t.to(torch.int32),
-            block_tables=tables_t.view(num_rows, max_blocks).to(torch.int32),
+            block_tables=tables_t.view(r, shape.max_blocks).to(torch.int32),
             slot_mapping=slots_t,
-            num_decodes=num_decodes,
-            num_decode_tokens=num_decodes,
-            max_query_len=max((s.num_new_tokens for s in batch.scheduled if not s.is_decode),
-                              default=1),
-            max_seq_len=max(seq_lens),
-            query_start_loc_cpu=starts,
-            seq_lens_cpu=seq_lens,
+            num_decodes=shape.num_decodes,
+            num_decode_tokens=shape.num_decodes,
+            max_query_len=shape.max_query_len,
+            max_seq_len=shape.max_seq_len,
+            query_start_loc_cpu=host[3 * t : 3 * t + r + 1].tolist(),
+            seq_lens_cpu=host[3 * t + r + 1 : 3 * t + 2 * r + 1].tolist(),
         )
         return StepInputs(ids_t, pos_t, logits_t, meta)
+
+    # ---- tensor parallelism: rank 0 leads, the others follow --------------------------------
+
+    def _send_step(self, host: np.ndarray, shape: StepShape) -> None:
+        header = torch.tensor([_OP_STEP, host.size, *shape], dtype=torch.int64)
+        torch.distributed.broadcast(header, src=0, group=self.tp.cpu_group)
+        torch.distributed.broadcast(torch.from_numpy(host), src=0, group=self.tp.cpu_group)
+
+    @torch.inference_mode()
+    def follow(self) -> None:
+        """A worker rank's loop: run each step rank 0 broadcasts, until it says stop."""
+        header = torch.empty(_HEADER, dtype=torch.int64)
+        while True:
+            torch.distributed.broadcast(header, src=0, group=self.tp.cpu_group)
+            op, size, *fields = header.tolist()
+            if op == _OP_STOP:
+                return
+            host = torch.empty(size, dtype=torch.int64)
+            torch.distributed.broadcast(host, src=0, group=self.tp.cpu_group)
+            self._run(self._upload(host.numpy(), StepShape(*fields), None))
+
+    def shutdown(self) -> None:
+        """Rank 0: stop the workers and leave the group. Workers: leave the group."""
+        if not self.tp.enabled:
+            return
+        if self.tp.rank == 0:
+            stop = torch.zeros(_HEADER, dtype=torch.int64)
+            torch.distributed.broadcast(stop, src=0, group=self.tp.cpu_group)
+            for proc in self.workers:
+                proc.join(timeout=30)
+                if proc.is_alive():
+                    proc.kill()
+        torch.distributed.destroy_process_group()
+        self.tp = TensorParallel()
 
     def _to_device(self, host: torch.Tensor) -> torch.Tensor:
         """One host-to-device copy through a reused pinned buffer."""
@@ -324,7 +419,9 @@ class ModelRunner:
                 ) -> torch.Tensor:
         """Run one step; returns float32 logits [num_sampling_seqs, vocab] (on a GPU, the
         work is queued: nothing here waits for the device)."""
-        inputs = self.prepare(batch, pending)
+        return self._run(self.prepare(batch, pending))
+
+    def _run(self, inputs: StepInputs) -> torch.Tensor:
         meta = inputs.meta
         if (self.graphs is not None and meta.num_decodes == meta.num_seqs
                 and self.graphs.can_run(meta.num_seqs, meta.block_tables.shape[1])):

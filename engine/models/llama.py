@@ -5,6 +5,10 @@ rotary embeddings (incl. Llama-3 rope scaling), RMSNorm, grouped-query attention
 QKV bias (Qwen2), per-head RMSNorm of queries and keys before the rotation (Qwen3) and tied
 embeddings. Attention reads and writes the paged KV cache through
 an attention backend; the batch is flattened (`[num_tokens, ...]`), no padding.
+
+Under tensor parallelism (`TensorParallel`) each rank holds its heads, its intermediate
+channels and its vocabulary rows; o and down projections and the embedding end in an
+all-reduce, the LM head in an all-gather. Sizes below are this rank's.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from corral.kernels.rotary_embedding import rotary_embedding
 from corral.kernels.silu_and_mul import silu_and_mul
 
 from ..attention import AttentionBackend, AttentionMetadata
+from ..tensor_parallel import TensorParallel
 from .rotary import RotaryEmbedding
 
 SUPPORTED_ARCHITECTURES = {
@@ -45,11 +50,13 @@ class RMSNorm(nn.Module):
 
 class Attention(nn.Module):
     def __init__(self, config, layer_idx: int, rotary: RotaryEmbedding,
-                 backend: AttentionBackend):
+                 backend: AttentionBackend, tp: TensorParallel):
         super().__init__()
-        self.num_heads = config.num_attention_heads
-        self.num_kv_heads = getattr(config, "num_key_value_heads", None) or self.num_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.num_heads
+        total_heads = config.num_attention_heads
+        total_kv_heads = getattr(config, "num_key_value_heads", None) or total_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // total_heads
+        self.num_heads = tp.split(total_heads, "attention heads")
+        self.first_kv_head, self.num_kv_heads = tp.kv_heads(total_kv_heads)
         self.q_size = self.num_heads * self.head_dim
         self.kv_size = self.num_kv_heads * self.head_dim
         bias = bool(getattr(config, "attention_bias", False)) or config.model_type == "qwen2"
@@ -63,6 +70,7 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.rotary = rotary
         self.backend = backend
+        self.tp = tp
 
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor,
                 kv_cache: tuple[torch.Tensor, torch.Tensor],
@@ -78,26 +86,27 @@ class Attention(nn.Module):
                                                                 self.head_dim)
         q, k = rotary_embedding(positions, q, k, self.rotary.cos, self.rotary.sin)
         out = self.backend.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
-        return self.o_proj(out.reshape(-1, self.q_size))
+        return self.tp.all_reduce(self.o_proj(out.reshape(-1, self.q_size)))
 
 
 class MLP(nn.Module):
-    def __init__(self, config):
+    def __init__(self, config, tp: TensorParallel):
         super().__init__()
-        self.intermediate_size = config.intermediate_size
-        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.intermediate_size = tp.split(config.intermediate_size, "intermediate size")
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * self.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(self.intermediate_size, config.hidden_size, bias=False)
+        self.tp = tp
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.tp.all_reduce(self.down_proj(silu_and_mul(self.gate_up_proj(x))))
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, config, layer_idx: int, rotary: RotaryEmbedding,
-                 backend: AttentionBackend):
+                 backend: AttentionBackend, tp: TensorParallel):
         super().__init__()
-        self.self_attn = Attention(config, layer_idx, rotary, backend)
-        self.mlp = MLP(config)
+        self.self_attn = Attention(config, layer_idx, rotary, backend, tp)
+        self.mlp = MLP(config, tp)
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -118,8 +127,10 @@ class DecoderLayer(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """The model: token ids and positions of a flattened batch in, hidden states out."""
 
-    def __init__(self, config, backend: AttentionBackend, max_position: int):
+    def __init__(self, config, backend: AttentionBackend, max_position: int,
+                 tp: TensorParallel | None = None):
         super().__init__()
+        tp = tp or TensorParallel()
         if config.model_type not in SUPPORTED_ARCHITECTURES:
             raise ParamError(
                 "model", f"architecture {config.model_type!r} is not supported "
@@ -131,26 +142,39 @@ class LlamaForCausalLM(nn.Module):
             config.hidden_size // config.num_attention_heads
         )
         self.rotary = RotaryEmbedding(config, head_dim, max_position)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.tp = tp
+        self.first_vocab_row, vocab_rows = tp.vocab_rows(config.vocab_size)
+        self.embed_tokens = nn.Embedding(vocab_rows, config.hidden_size)
         self.layers = nn.ModuleList(
-            DecoderLayer(config, i, self.rotary, backend) for i in range(config.num_hidden_layers)
+            DecoderLayer(config, i, self.rotary, backend, tp)
+            for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         if not self.tie_word_embeddings:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+            self.lm_head = nn.Linear(config.hidden_size, vocab_rows, bias=False)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
                 meta: AttentionMetadata) -> torch.Tensor:
         """input_ids, positions: [num_tokens]; returns hidden states [num_tokens, hidden]."""
-        hidden = self.embed_tokens(input_ids)
+        hidden = self.embed(input_ids)
         residual = None
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             hidden, residual = layer(positions, hidden, residual, kv_cache, meta)
         return self.norm(hidden, residual)[0]
 
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """[num_tokens] -> [num_tokens, hidden]; each rank looks up the ids in its rows."""
+        if not self.tp.enabled:
+            return self.embed_tokens(input_ids)
+        local = input_ids - self.first_vocab_row
+        mine = (local >= 0) & (local < self.embed_tokens.num_embeddings)
+        hidden = self.embed_tokens(local.clamp(0, self.embed_tokens.num_embeddings - 1))
+        return self.tp.all_reduce(hidden * mine.unsqueeze(-1).to(hidden.dtype))
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[num_rows, hidden] -> float32 logits [num_rows, vocab]."""
+        """[num_rows, hidden] -> float32 logits [num_rows, vocab] (on every rank)."""
         weight = self.embed_tokens.weight if self.tie_word_embeddings else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        logits = self.tp.gather_vocab(F.linear(hidden, weight), self.vocab_size)
+        return logits.float()
