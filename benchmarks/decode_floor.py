@@ -3,7 +3,9 @@
 For each batch size, the engine holds that many sequences with a context of `--context`
 tokens and runs plain decode steps (one token per sequence, CUDA graphs, sampling included).
 The floor is the bytes one step must read, weights plus the K/V of every context token,
-over the copy bandwidth measured on the same card in the same run.
+over the copy bandwidth measured on the same card in the same run. With
+`--tensor-parallel-size N` each GPU reads its shard: the floor is one rank's bytes (the
+ranks read theirs at the same time), and the step includes the all-reduces.
 
     python benchmarks/decode_floor.py --shape llama3-8b --load-format dummy \\
         --model TOKENIZER_DIR --batch-sizes 1 32 128 256 --context 1024
@@ -76,6 +78,7 @@ def main() -> None:
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 128, 256])
     ap.add_argument("--context", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--tensor-parallel-size", type=int, default=1)
     ap.add_argument("--modes", nargs="+", choices=["async", "sync"], default=["async", "sync"],
                     help="engine loops to time (async scheduling on or off)")
     args = ap.parse_args()
@@ -83,14 +86,15 @@ def main() -> None:
     max_batch = max(args.batch_sizes)
     llm = LLM(args.model, shape=args.shape, load_format=args.load_format,
               max_num_seqs=max_batch, max_model_len=args.context + args.steps + 64,
-              max_num_batched_tokens=8192, enable_prefix_caching=False)
+              max_num_batched_tokens=8192, enable_prefix_caching=False,
+              tensor_parallel_size=args.tensor_parallel_size)
     runner = llm.engine.runner
     weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
     kv_bytes_per_token = runner.kv_bytes_per_block // runner.block_size
     bandwidth = copy_bandwidth()
     print(f"\n{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e9:.0f} GB/s; "
           f"weights {weight_bytes / 1e9:.2f} GB; KV {kv_bytes_per_token / 1024:.0f} KiB/token; "
-          f"context {args.context}")
+          f"context {args.context}; tensor parallel {args.tensor_parallel_size} (per rank)")
     print(f"{'mode':>6} {'batch':>6} {'step ms':>9} {'floor ms':>9} {'ratio':>7} {'tok/s':>9}")
     for batch in args.batch_sizes:
         for mode in args.modes:
@@ -99,6 +103,7 @@ def main() -> None:
             floor = (weight_bytes + batch * args.context * kv_bytes_per_token) / bandwidth
             print(f"{mode:>6} {batch:>6} {step * 1e3:>9.2f} {floor * 1e3:>9.2f} "
                   f"{step / floor:>7.2f} {batch / step:>9.0f}")
+    llm.shutdown()
 
 
 if __name__ == "__main__":

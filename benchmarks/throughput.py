@@ -171,6 +171,8 @@ def main() -> None:
                     help="both systems' dtype (auto: Corral's default for the device: bfloat16 on "
                          "GPUs and on CPUs with native bfloat16, else float32)")
     ap.add_argument("--skip-transformers", action="store_true")
+    ap.add_argument("--tensor-parallel-size", type=int, default=1,
+                    help="split Corral's model over this many GPUs")
     ap.add_argument("--structured", action="store_true",
                     help="also run every request constrained by a JSON schema")
     args = ap.parse_args()
@@ -211,7 +213,7 @@ def main() -> None:
               load_format=args.load_format,
               max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
               max_model_len=args.prompt_len[1] + args.output_len[1] + 16,
-              enable_prefix_caching=False)
+              enable_prefix_caching=False, tensor_parallel_size=args.tensor_parallel_size)
     if dummy_state is not None:
         from corral.engine.model_loader import load_named_tensors
 

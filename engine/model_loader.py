@@ -30,6 +30,12 @@ SHAPES: dict[str, dict] = {
         max_position_embeddings=8192, tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
     ),
+    "llama3-70b": dict(
+        model_type="llama", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+        num_attention_heads=64, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-5,
+        max_position_embeddings=8192, tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+    ),
     # A few million parameters: host-side costs (scheduling, grammars, sampling) dominate.
     "llama-tiny": dict(
         model_type="llama", hidden_size=256, intermediate_size=512, num_hidden_layers=2,

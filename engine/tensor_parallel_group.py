@@ -63,6 +63,7 @@ def free_port() -> int:
 def join_group(rank: int, config: EngineConfig, device: torch.device) -> TensorParallel:
     """Join the group as `rank` (blocks until every rank has joined)."""
     backend = "nccl" if device.type == "cuda" else "gloo"
+    os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # NVLink multicast stays off
     init = f"tcp://{config.master_addr}:{config.master_port}"
     kwargs: dict[str, Any] = {}
     if device.type == "cuda":
@@ -112,14 +113,17 @@ def launch(config: EngineConfig, runner_args: tuple, device: torch.device
     return config, tp, workers
 
 
-def start_node_workers(config: EngineConfig, model_dir: Path, vocab_size_hint: int | None,
-                       max_rows_per_seq: int = 1) -> list[mp.Process]:
-    """On a node other than 0 (`corral serve --node-rank K`): start all its ranks."""
+def start_node_workers(config: EngineConfig, model_dir: Path, vocab_size_hint: int | None
+                       ) -> list[mp.Process]:
+    """On a node other than 0 (`corral serve --node-rank K`): start all its ranks.
+    `vocab_size_hint` must be what node 0 passes (the tokenizer's length)."""
     from .model_runner import pick_device
 
     check_devices(config, pick_device(config.device))
     first = config.node_rank * ranks_per_node(config)
-    args = (model_dir, vocab_size_hint, config.max_model_len, max_rows_per_seq)
+    speculates = config.speculative is not None or config.fast_forward
+    rows_per_seq = 1 + config.num_speculative_tokens if speculates else 1
+    args = (model_dir, vocab_size_hint, config.max_model_len, rows_per_seq)
     return start_local_workers(config, args, first_rank=first)
 
 
