@@ -24,3 +24,11 @@ def eos_token_ids(tokenizer: Any, hf_config: Any) -> list[int]:
     if tokenizer.eos_token_id is not None:
         ids.append(int(tokenizer.eos_token_id))
     return sorted(set(ids))
+
+
+def encode_prompt(tokenizer: Any, prompt: str) -> list[int]:
+    """Token ids of a text prompt, with the tokenizer's special tokens (BOS) unless the text
+    already starts with BOS (a rendered chat template)."""
+    bos = tokenizer.bos_token
+    add_special = not (bos and prompt.startswith(bos))
+    return tokenizer.encode(prompt, add_special_tokens=add_special)

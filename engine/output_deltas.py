@@ -1,0 +1,164 @@
+"""Outputs as deltas: the core sends what changed, the client rebuilds cumulative outputs.
+
+`DeltaEncoder` (core side) remembers, per live request and completion, what it has sent;
+`RequestAssembler` (client side) holds the same state and turns each `RequestDelta` back
+into the cumulative `RequestOutput` that `AsyncLLMEngine` would have yielded.
+
+Invariant: after applying the deltas of steps 1..k, the assembler's completions equal the
+core's step-k output (text, token ids, logprobs, finish and stop reasons). The engine never
+takes back text a stream has seen, so a delta's starts are the lengths already sent; where
+they are not, the delta says where to cut first.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .core_messages import RequestDelta, SeqDelta, WireLogprob
+from .outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
+from .sampling_params import SamplingParams
+
+
+@dataclass
+class _SentSeq:
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: str | int | None = None
+
+
+@dataclass
+class _SentRequest:
+    seqs: dict[int, _SentSeq] = field(default_factory=dict)
+    metrics_key: tuple | None = None
+    error: str | None = None
+
+
+class DeltaEncoder:
+    """Core side: each step's cumulative outputs as deltas against what was sent."""
+
+    def __init__(self) -> None:
+        self._sent: dict[str, _SentRequest] = {}
+
+    def encode(self, output: RequestOutput) -> RequestDelta | None:
+        """The delta of `output` (None if nothing changed); forgets finished requests."""
+        if output.finished:
+            sent = self._sent.pop(output.request_id, None) or _SentRequest()
+        else:
+            sent = self._sent.setdefault(output.request_id, _SentRequest())
+        seqs = []
+        for completion in output.outputs:
+            prev = sent.seqs.setdefault(completion.index, _SentSeq())
+            delta = _seq_delta(prev, completion)
+            if delta is not None:
+                seqs.append(delta)
+        metrics = None
+        if output.metrics is not None:
+            key = _metrics_key(output.metrics)
+            if key != sent.metrics_key or output.finished:
+                sent.metrics_key = key
+                metrics = output.metrics
+        changed_error = output.error != sent.error
+        sent.error = output.error
+        if not seqs and metrics is None and not changed_error and not output.finished:
+            return None
+        return RequestDelta(output.request_id, seqs, output.finished, output.error, metrics)
+
+    def forget(self, request_id: str) -> None:
+        self._sent.pop(request_id, None)
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+
+def _seq_delta(prev: _SentSeq, out: CompletionOutput) -> SeqDelta | None:
+    text_start = len(prev.text) if out.text.startswith(prev.text) else \
+        _common_prefix(prev.text, out.text)
+    token_start = _list_start(prev.token_ids, out.token_ids)
+    new_logprobs = out.logprobs or []
+    logprob_start = _list_start(prev.logprobs, new_logprobs)
+    if (text_start == len(prev.text) == len(out.text)
+            and token_start == len(prev.token_ids) == len(out.token_ids)
+            and logprob_start == len(prev.logprobs) == len(new_logprobs)
+            and out.finish_reason == prev.finish_reason
+            and out.stop_reason == prev.stop_reason):
+        return None
+    logprobs: list[WireLogprob] | None = None
+    if out.logprobs is not None:
+        logprobs = [(lp.token_id, lp.logprob, list(lp.top_logprobs))
+                    for lp in new_logprobs[logprob_start:]]
+    prev.text, prev.token_ids, prev.logprobs = out.text, out.token_ids, new_logprobs
+    prev.finish_reason, prev.stop_reason = out.finish_reason, out.stop_reason
+    return SeqDelta(out.index, text_start, out.text[text_start:], token_start,
+                    out.token_ids[token_start:], logprob_start, logprobs,
+                    out.finish_reason, out.stop_reason)
+
+
+def _list_start(prev: list[Any], new: list[Any]) -> int:
+    """Where `new` departs from `prev`: `len(prev)` when it extends it. O(1) in the usual
+    case (the last item sent is still in place; items never change behind it)."""
+    n = len(prev)
+    if n == 0 or (len(new) >= n and (new[n - 1] is prev[n - 1] or new[n - 1] == prev[n - 1])):
+        return n
+    return _common_prefix(prev, new)
+
+
+def _common_prefix(a: Any, b: Any) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _metrics_key(m: RequestMetrics) -> tuple:
+    return (m.first_scheduled_time, m.first_token_time, m.finished_time,
+            m.num_cached_prompt_tokens)
+
+
+class RequestAssembler:
+    """Client side: one request's cumulative state, grown by its deltas."""
+
+    def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
+                 params: SamplingParams) -> None:
+        self.request_id = request_id
+        self.prompt = prompt
+        self.prompt_token_ids = prompt_token_ids
+        has_logprobs = params.logprobs is not None
+        self.completions = [CompletionOutput(index=i, logprobs=[] if has_logprobs else None)
+                            for i in range(params.n)]
+        self.metrics: RequestMetrics | None = None
+        self.finished = False
+        self.error: str | None = None
+
+    def apply(self, delta: RequestDelta) -> RequestOutput | Exception:
+        """The request's output after `delta`, or the exception it failed with."""
+        if delta.exception is not None:
+            self.finished = True
+            return delta.exception.to_exception()
+        for seq in delta.seqs:
+            c = self.completions[seq.index]
+            c.text = c.text + seq.text if seq.text_start == len(c.text) \
+                else c.text[: seq.text_start] + seq.text
+            del c.token_ids[seq.token_start:]
+            c.token_ids.extend(seq.token_ids)
+            if c.logprobs is not None and seq.logprobs is not None:
+                del c.logprobs[seq.logprob_start:]
+                c.logprobs.extend(TokenLogprob(t, lp, list(top)) for t, lp, top in seq.logprobs)
+            c.finish_reason, c.stop_reason = seq.finish_reason, seq.stop_reason
+        if delta.metrics is not None:
+            self.metrics = delta.metrics
+        self.finished = delta.finished
+        self.error = delta.error
+        return self.output()
+
+    def output(self) -> RequestOutput:
+        """A snapshot: later deltas do not change it."""
+        outputs = [CompletionOutput(c.index, c.text, list(c.token_ids), c.finish_reason,
+                                    c.stop_reason,
+                                    list(c.logprobs) if c.logprobs is not None else None)
+                   for c in self.completions]
+        return RequestOutput(self.request_id, self.prompt, self.prompt_token_ids, outputs,
+                             self.finished, self.metrics, self.error)
