@@ -2,6 +2,8 @@
 
 from .async_engine import AsyncLLMEngine
 from .config import EngineConfig
+from .core_client import EngineCoreClient
+from .engine_errors import EngineDeadError
 from .engine_stats import EngineStats
 from .llm import LLM
 from .llm_engine import LLMEngine
@@ -12,6 +14,8 @@ __all__ = [
     "AsyncLLMEngine",
     "CompletionOutput",
     "EngineConfig",
+    "EngineCoreClient",
+    "EngineDeadError",
     "EngineStats",
     "LLM",
     "LLMEngine",

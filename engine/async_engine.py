@@ -116,6 +116,10 @@ class AsyncLLMEngine:
             compile_times = grammar.drain_compile_times()
         return {"compile_seconds": compile_times, "mask_seconds": mask}
 
+    def is_healthy(self) -> bool:
+        """Whether the engine thread is up and serving."""
+        return not self._stopped and self._thread.is_alive()
+
     def shutdown(self) -> None:
         self._stopped = True
         self._wake.set()
