@@ -21,8 +21,10 @@ shown.
 
 Work is bounded: nothing is computed while the limit is far (how far depends on the kept
 completion's length: a longer one needs more time to be re-found); in the watch zone the kept
-completion is first re-checked from the new state (a few accepts and a rollback), and only
-a completion that no longer applies triggers a search.
+completion is re-checked from the new state each step (one native call, so the output shown
+keeps up with the model), its tails now and then, and only a completion that no longer
+applies triggers a search; searches that can wait run one per engine step, entering the
+zone included.
 """
 
 from __future__ import annotations
@@ -105,8 +107,8 @@ class StructureCloser:
             self._enter_zone(seq, left)
             kept = seq.completion
         since_check = seq.num_tokens - seq.completion_checked_at
-        if kept is None:  # no way out known yet: look now and then
-            if left <= NEAR_END or (since_check >= REFRESH_EVERY and self._may_search()):
+        if kept is None:  # no way out known yet (the output shown waits): look when allowed
+            if left <= NEAR_END or (since_check >= 1 and self._may_search()):
                 seq.completion_checked_at = seq.num_tokens
                 found = self._search(seq, left)
                 if found is not None:
@@ -115,6 +117,12 @@ class StructureCloser:
         margin = left - len(kept)
         every = 1 if margin <= NEAR else (4 if margin <= SLACK else REFRESH_EVERY)
         if left > 0 and since_check < every:
+            # Between full checks, one native check of the whole kept completion: while
+            # the model stays inside the structure (a string, a number) it still applies,
+            # and the output shown catches up at once instead of every few steps.
+            if seq.completion_at < seq.num_tokens and len(kept) <= left \
+                    and seq.matcher.ends_after(kept):
+                self._keep_or_close(seq, kept, left, stop_checker)
             return
         seq.completion_checked_at = seq.num_tokens
         still = self._still_applies(seq, left)  # a few accepts and a rollback
@@ -214,8 +222,11 @@ class StructureCloser:
         seq.completion_checked_at = seq.num_tokens
         kept = seq.completion
         still = self._still_applies(seq, left) if kept is not None else None
-        if still is None:
+        # The search waits for a later step's turn only while the limit is still far.
+        urgent = left <= SLACK + (len(kept) if kept is not None else 0)
+        if still is None and (urgent or self._may_search()):
             still = self._search(seq, left)
+        seq.completion = None  # a way out found before the floor cannot be used
         if still is not None:
             self._keep(seq, still)
 
