@@ -5,6 +5,8 @@ Core -> client: `Ready` or `StartupFailed` once, then `StepOutputs` (deltas and 
 `Reply` (to a `UtilityCall`, by its id). Every message is a tagged array; the decoders
 check the types of every field, and `SamplingParams` / `StructuredOutputsParams` are
 rebuilt through their own `__post_init__` validation, so nothing is unpickled.
+The structs hold no reference cycles, so they are left untracked by the garbage collector
+(`gc=False`): decoding a step's deltas then sets off no collections.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from .sampling_params import SamplingParams, StructuredOutputsParams
 WireLogprob = tuple[int, float, list[tuple[int, float]]]
 
 
-class ErrorInfo(msgspec.Struct, array_like=True, omit_defaults=True):
+class ErrorInfo(msgspec.Struct, gc=False, array_like=True, omit_defaults=True):
     """An exception across the boundary: its kind, message, and the field a ParamError
     names (then `message` is its detail)."""
 
@@ -55,17 +57,17 @@ class ErrorInfo(msgspec.Struct, array_like=True, omit_defaults=True):
 # ---- client -> core ------------------------------------------------------------------------
 
 
-class AddRequest(msgspec.Struct, tag="add", array_like=True):
+class AddRequest(msgspec.Struct, gc=False, tag="add", array_like=True):
     request_id: str
     prompt_token_ids: list[int]
     params: SamplingParams
 
 
-class AbortRequests(msgspec.Struct, tag="abort", array_like=True):
+class AbortRequests(msgspec.Struct, gc=False, tag="abort", array_like=True):
     request_ids: list[str]
 
 
-class UtilityCall(msgspec.Struct, tag="call", array_like=True):
+class UtilityCall(msgspec.Struct, gc=False, tag="call", array_like=True):
     """A grammar call answered by a `Reply` with the same `call_id`: `method` is one of
     validate(spec), register(name, definition, syntax), unregister(name), grammars()."""
 
@@ -74,7 +76,7 @@ class UtilityCall(msgspec.Struct, tag="call", array_like=True):
     args: list[Any]
 
 
-class Shutdown(msgspec.Struct, tag="shutdown", array_like=True):
+class Shutdown(msgspec.Struct, gc=False, tag="shutdown", array_like=True):
     pass
 
 
@@ -84,7 +86,7 @@ ClientMessage = Union[AddRequest, AbortRequests, UtilityCall, Shutdown]  # noqa:
 # ---- core -> client ------------------------------------------------------------------------
 
 
-class Ready(msgspec.Struct, tag="ready", array_like=True):
+class Ready(msgspec.Struct, gc=False, tag="ready", array_like=True):
     """The engine is built: the facts the client exposes as its own attributes."""
 
     model_name: str
@@ -94,17 +96,17 @@ class Ready(msgspec.Struct, tag="ready", array_like=True):
     pid: int
 
 
-class StartupFailed(msgspec.Struct, tag="failed", array_like=True):
+class StartupFailed(msgspec.Struct, gc=False, tag="failed", array_like=True):
     error: ErrorInfo
 
 
-class Reply(msgspec.Struct, tag="reply", array_like=True, omit_defaults=True):
+class Reply(msgspec.Struct, gc=False, tag="reply", array_like=True, omit_defaults=True):
     call_id: int
     value: Any = None
     error: ErrorInfo | None = None
 
 
-class SeqDelta(msgspec.Struct, array_like=True, omit_defaults=True):
+class SeqDelta(msgspec.Struct, gc=False, array_like=True, omit_defaults=True):
     """What changed in one completion since the last delta: its text from character
     `text_start` on, its token ids from `token_start` on, its logprobs from `logprob_start`
     on (the starts are normally the lengths already sent; the client cuts there first)."""
@@ -120,7 +122,7 @@ class SeqDelta(msgspec.Struct, array_like=True, omit_defaults=True):
     stop_reason: str | int | None = None
 
 
-class RequestDelta(msgspec.Struct, array_like=True, omit_defaults=True):
+class RequestDelta(msgspec.Struct, gc=False, array_like=True, omit_defaults=True):
     """One request's change in one step: the completions that changed; `metrics` when its
     first-scheduled, first-token or finished time (or cached-token count) changed;
     `exception` when it was refused or failed with the engine."""
@@ -133,7 +135,8 @@ class RequestDelta(msgspec.Struct, array_like=True, omit_defaults=True):
     exception: ErrorInfo | None = None
 
 
-class StepOutputs(msgspec.Struct, tag="outputs", array_like=True, omit_defaults=True):
+class StepOutputs(msgspec.Struct, gc=False, tag="outputs", array_like=True,
+                  omit_defaults=True):
     """A step's deltas and the engine's stats after it; grammar samples since the last."""
 
     deltas: list[RequestDelta]
