@@ -36,7 +36,8 @@ from .state import ServerSettings, ServerState
 
 def create_app(engine: Any, settings: ServerSettings | None = None,
                embedder: Embedder | None = None) -> FastAPI:
-    """An app serving `engine` (an `AsyncLLMEngine`) and, if given, `embedder`."""
+    """An app serving `engine` (an `AsyncLLMEngine` or an `EngineCoreClient`) and, if
+    given, `embedder`."""
     settings = settings or ServerSettings()
     state = ServerState(engine=engine, settings=settings, embedder=embedder)
     app = FastAPI(title="Corral", version="0.1.0", docs_url=None, redoc_url=None)
@@ -52,7 +53,8 @@ def create_app(engine: Any, settings: ServerSettings | None = None,
 
     @app.get("/health")
     async def health() -> Response:
-        return Response(status_code=200)
+        is_healthy = getattr(engine, "is_healthy", None)
+        return Response(status_code=200 if is_healthy is None or is_healthy() else 503)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -79,6 +79,14 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--async-scheduling", parse_bool, None, "launch each step before reading back the "
                                              "last one's tokens (default: on for CUDA)"),
     ("--seed", int, None, "engine seed"),
+    ("--tensor-parallel-size", int, None, "split the model over this many GPUs (one process "
+                                          "each)"),
+    ("--nnodes", int, None, "machines the tensor-parallel ranks span (default 1)"),
+    ("--node-rank", int, None, "this machine's index; nodes other than 0 run only workers"),
+    ("--master-addr", str, None, "address of node 0 for the ranks' rendezvous"),
+    ("--master-port", int, None, "port of that rendezvous (default: a free one, one node)"),
+    ("--engine-in-process", parse_bool, False, "step the engine on a thread of the server's "
+                                               "process instead of an engine-core process"),
     ("--max-body-size", parse_size, DEFAULT_MAX_BODY_BYTES, "largest request body accepted "
                                                             "(413 above)"),
     ("--log-level", str, "info", "debug, info, warning or error"),
@@ -127,7 +135,7 @@ def serve(args: argparse.Namespace) -> None:
     """Build the engine, the embedder and the app, then run uvicorn until stopped."""
     import uvicorn
 
-    from corral.engine import AsyncLLMEngine, EngineConfig
+    from corral.engine import AsyncLLMEngine, EngineConfig, EngineCoreClient
 
     from .app import create_app
     from .embeddings import Embedder
@@ -141,24 +149,44 @@ def serve(args: argparse.Namespace) -> None:
         config = EngineConfig(**engine_config_kwargs(args))
     except ValueError as e:
         raise SystemExit(f"corral serve: {e}") from None
-    engine = AsyncLLMEngine(config)
-    embedder = Embedder(args.embedding_model) if args.embedding_model else None
-    app = create_app(engine, settings, embedder)
-    state = app.state.corral
-    kv_tokens = engine.num_kv_blocks * engine.config.block_size
-    logger.info("model %s (served as '%s'), max_model_len %d", engine.model_name,
-                state.model_name, engine.max_model_len)
-    logger.info("KV cache: %d blocks of %d tokens (%d tokens)", engine.num_kv_blocks,
-                engine.config.block_size, kv_tokens)
-    if embedder is not None:
-        logger.info("embeddings: %s (%d dimensions)", embedder.model_name, embedder.dimensions)
-    logger.info("serving the OpenAI API at http://%s:%d/v1%s", args.host, args.port,
-                " (API key required)" if settings.api_key else "")
+    if config.node_rank > 0:
+        serve_worker_node(config)
+        return
+    engine = AsyncLLMEngine(config) if args.engine_in_process else EngineCoreClient(config)
     try:
+        embedder = Embedder(args.embedding_model) if args.embedding_model else None
+        app = create_app(engine, settings, embedder)
+        state = app.state.corral
+        kv_tokens = engine.num_kv_blocks * engine.config.block_size
+        logger.info("model %s (served as '%s'), max_model_len %d%s", engine.model_name,
+                    state.model_name, engine.max_model_len,
+                    " (engine in process)" if args.engine_in_process else "")
+        logger.info("KV cache: %d blocks of %d tokens (%d tokens)", engine.num_kv_blocks,
+                    engine.config.block_size, kv_tokens)
+        if embedder is not None:
+            logger.info("embeddings: %s (%d dimensions)", embedder.model_name,
+                        embedder.dimensions)
+        logger.info("serving the OpenAI API at http://%s:%d/v1%s", args.host, args.port,
+                    " (API key required)" if settings.api_key else "")
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
                     timeout_graceful_shutdown=5)
     finally:
         engine.shutdown()
+
+
+def serve_worker_node(config: Any) -> None:
+    """A node other than 0: run its tensor-parallel ranks until node 0's engine stops."""
+    from corral.engine.model_files import resolve_model_dir
+    from corral.engine.tensor_parallel_group import start_node_workers
+    from corral.engine.tokenizer import load_tokenizer
+
+    model_dir = resolve_model_dir(config.model, need_config=config.shape is None)
+    vocab_size = len(load_tokenizer(config.tokenizer or model_dir))  # as node 0 reads it
+    workers = start_node_workers(config, model_dir, vocab_size)
+    logger.info("node %d: ranks %s waiting for node 0 at %s:%s", config.node_rank,
+                [w.name for w in workers], config.master_addr, config.master_port)
+    for proc in workers:
+        proc.join()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from corral.engine.engine_errors import EngineDeadError
 from corral.grammars.param_error import ParamError
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,11 @@ def server_error(message: str = "internal server error") -> APIError:
     return APIError(message, status=500, type="server_error")
 
 
+def engine_dead(exc: EngineDeadError) -> APIError:
+    """A 503: the engine can serve nothing now (its core process died or stopped)."""
+    return APIError(str(exc), status=503, type="server_error", code="engine_dead")
+
+
 def validation_error(exc: RequestValidationError) -> APIError:
     """The first pydantic error as a 400 naming the field path."""
     errors = exc.errors()
@@ -126,6 +132,10 @@ def install_error_handlers(app: FastAPI,
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = "not_found" if exc.status_code == 404 else None
         return respond(APIError(str(exc.detail), status=exc.status_code, type=kind, code=code))
+
+    @app.exception_handler(EngineDeadError)
+    async def _engine_dead(_: Request, exc: EngineDeadError) -> JSONResponse:
+        return respond(engine_dead(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

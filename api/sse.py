@@ -7,7 +7,9 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .errors import APIError, server_error
+from corral.engine.engine_errors import EngineDeadError
+
+from .errors import APIError, engine_dead, server_error
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,8 @@ async def guarded_stream(events: AsyncIterator[str]) -> AsyncIterator[str]:
             yield event
     except APIError as e:
         yield sse_event(e.to_dict())
+    except EngineDeadError as e:
+        yield sse_event(engine_dead(e).to_dict())
     except Exception as e:  # noqa: BLE001 - the status line is gone; report in-stream
         logger.exception("error while streaming")
         yield sse_event(server_error(f"internal server error ({type(e).__name__})").to_dict())
