@@ -37,13 +37,14 @@ from .sequence import Sequence
 from .stop_checker import StopChecker
 
 FAR = 512  # tokens left above which nothing is computed
-WATCH = 96  # ... with a completion kept: above this plus twice its length
+WATCH = 32  # ... with a completion kept: above this plus twice its length
 NEAR = 4  # tokens left beyond the kept completion under which it is checked every step
 SLACK = 32  # ... every 4 steps under this margin
 REFRESH_EVERY = 16  # ... and every 16 steps above it
 CLOSE_MARGIN = 2  # spare tokens under which a completion that applies is appended at once
 NEAR_END = 8  # tokens left at which a changed structure is searched for (each step)
 STALE_SEARCH = 24  # tokens since the kept completion at which a changed structure is too
+RETRY_EVERY = 4  # steps between searches while no way out is known (the output waits)
 SEARCHES_PER_STEP = 1  # searches per engine step that could wait (the end is not near)
 NODE_BUDGET = 48  # search nodes per completion search on the engine's loop, at least
 MAX_NODE_BUDGET = 192  # ... at most: twice the kept completion's length (a longer way out
@@ -108,7 +109,7 @@ class StructureCloser:
             kept = seq.completion
         since_check = seq.num_tokens - seq.completion_checked_at
         if kept is None:  # no way out known yet (the output shown waits): look when allowed
-            if left <= NEAR_END or (since_check >= 1 and self._may_search()):
+            if left <= NEAR_END or (since_check >= RETRY_EVERY and self._may_search()):
                 seq.completion_checked_at = seq.num_tokens
                 found = self._search(seq, left)
                 if found is not None:
