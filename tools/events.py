@@ -15,9 +15,21 @@ def new_call_id() -> str:
     return "call_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(24))
 
 
+def new_short_call_id() -> str:
+    """A fresh call id of 9 letters and digits (the only ids Mistral's template accepts)."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(9))
+
+
 @dataclass(frozen=True)
 class ContentDelta:
     """A piece of text outside tool calls."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    """A piece of the model's reasoning (`reasoning_content`), never constrained."""
 
     text: str
 
@@ -58,19 +70,20 @@ class ToolCall:
         }
 
 
-Event = ContentDelta | ToolCallDelta
+Event = ContentDelta | ReasoningDelta | ToolCallDelta
 
 
 def coalesce(events: list[Event]) -> list[Event]:
-    """Merge runs of content deltas, and of argument fragments of one call."""
+    """Merge runs of content deltas, of reasoning deltas, and of argument fragments of one
+    call."""
     merged: list[Event] = []
     for event in events:
         last = merged[-1] if merged else None
-        if isinstance(event, ContentDelta):
+        if isinstance(event, (ContentDelta, ReasoningDelta)):
             if not event.text:
                 continue
-            if isinstance(last, ContentDelta):
-                merged[-1] = ContentDelta(last.text + event.text)
+            if type(last) is type(event):
+                merged[-1] = type(event)(last.text + event.text)  # type: ignore[union-attr]
                 continue
         elif event.id is None and event.name is None:
             if not event.arguments:

@@ -14,7 +14,8 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Validate OpenAI `messages` into dicts with string content (ValueError naming the field).
 
     Each result has `role` (developer becomes system) and `content` (str); an assistant
-    message may keep `tool_calls` as [{"id", "name", "arguments": JSON text}], a tool
+    message may keep `tool_calls` as [{"id", "name", "arguments": JSON text}] and its
+    `reasoning_content` (the reasoning of that turn, for templates that show it), a tool
     message keeps `tool_call_id` and gets the called function's `name` when the history
     shows it.
     """
@@ -33,6 +34,8 @@ def normalize_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "role": "system" if role == "developer" else role,
             "content": _content_text(message.get("content"), f"{where}.content"),
         }
+        if role == "assistant" and isinstance(message.get("reasoning_content"), str):
+            out["reasoning_content"] = message["reasoning_content"]
         if role == "assistant" and message.get("tool_calls"):
             out["tool_calls"] = _tool_calls(message["tool_calls"], f"{where}.tool_calls")
             names_by_id.update({c["id"]: c["name"] for c in out["tool_calls"]})

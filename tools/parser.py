@@ -5,7 +5,11 @@ reports depends only on the text, never on how the text was cut into deltas: the
 events, joined, always equal the final `content` and `tool_calls` (which are built from the
 very same events).
 
-Rules, for the format in `call_format`:
+The markers come from a `CallSyntax`: Hermes/Qwen blocks (`<tool_call>...</tool_call>`, the
+default, see `call_format`), Mistral's `[TOOL_CALLS] [...]` (no end marker), or Llama 3.1's
+bare call object at the start of the output (no marker at all).
+
+Rules (shown for the default markers):
 - Text outside calls is content. Text that may still turn into the call marker is held back
   until it cannot; whitespace next to a call (before it, between calls, after the last) is
   dropped, and trailing whitespace is dropped once any call was made.
@@ -23,6 +27,8 @@ Rules, for the format in `call_format`:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from corral.grammars.param_error import ParamError
@@ -41,11 +47,33 @@ from corral.tools.json_scan import JsonValueScanner, Scan
 _ARGUMENT_KEYS = ("arguments", "parameters")
 
 
+@dataclass(frozen=True)
+class CallSyntax:
+    """Where JSON call objects sit in a model's output.
+
+    `start`: the marker that opens a block of calls, or None when a block is a JSON object
+    (or list) at the very start of the output; `end`: the marker that closes a block, or
+    None when a block ends with its JSON value; `new_id`: the id given to each call.
+    """
+
+    start: str | None = CALL_START
+    end: str | None = CALL_END
+    new_id: Callable[[], str] = new_call_id
+
+
+HERMES_SYNTAX = CallSyntax()
+
+
 class ToolCallParser:
     """Streaming and final parser of one completion's text (see the module docstring)."""
 
-    def __init__(self, tools: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, tools: list[dict[str, Any]] | None = None,
+                 syntax: CallSyntax = HERMES_SYNTAX) -> None:
         self.function_names = [spec.name for spec in parse_tools(tools, check_schemas=False)]
+        self._syntax = syntax
+        self._start = syntax.start or ""
+        self._end = syntax.end or ""
+        self._is_at_start = True  # no content yet (a marker-less block may open here)
         self._pending: list[Event] = []  # emitted since the last feed() returned
         self._is_finished = False
         self._content_parts: list[str] = []
@@ -106,6 +134,11 @@ class ToolCallParser:
         return text or None
 
     @property
+    def reasoning(self) -> str | None:
+        """Always None: this parser reads no reasoning (see `reasoning`)."""
+        return None
+
+    @property
     def tool_calls(self) -> list[ToolCall]:
         """The calls read so far (a call still open shows its arguments so far)."""
         return [ToolCall(c["id"], c["name"], c["arguments"]) for c in self._calls]
@@ -131,6 +164,7 @@ class ToolCallParser:
 
     def _emit_text(self, text: str) -> None:
         """Emit content that starts with a non-whitespace character."""
+        self._is_at_start = False
         if self._ws_hold and not self._is_after_call:
             self._emit_content(self._ws_hold)
         self._ws_hold = ""
@@ -150,12 +184,20 @@ class ToolCallParser:
     def _step(self, c: str) -> None:
         if self._in_call:
             self._step_call(c)
-        elif self._marker_hold or c == CALL_START[0]:
+        elif not self._start:
+            if self._is_at_start and not self._calls and c in "{[":
+                self._open_call()
+                self._step_call(c)
+            elif c.isspace():
+                self._ws_hold += c
+            else:
+                self._emit_text(c)
+        elif self._marker_hold or c == self._start[0]:
             self._marker_hold += c
-            if self._marker_hold == CALL_START:
+            if self._marker_hold == self._start:
                 self._marker_hold = ""
                 self._open_call()
-            elif not CALL_START.startswith(self._marker_hold):
+            elif not self._start.startswith(self._marker_hold):
                 held, self._marker_hold = self._marker_hold, ""
                 self._emit_text(held[0])
                 self._feed_text(held[1:])
@@ -193,7 +235,11 @@ class ToolCallParser:
         rest = self._raw
         self._in_call = False
         self._ws_hold = self._dropped_ws
-        self._emit_text(CALL_START)
+        if self._start:
+            self._emit_text(self._start)
+        else:
+            self._emit_text(rest[:1])
+            rest = rest[1:]
         self._feed_text(rest)
 
     def _end_call(self) -> None:
@@ -210,7 +256,7 @@ class ToolCallParser:
     def _commit(self, name: str) -> None:
         self._call_index = len(self._calls)
         self._num_block_calls += 1
-        self._emit(ToolCallDelta(self._call_index, new_call_id(), name, ""))
+        self._emit(ToolCallDelta(self._call_index, self._syntax.new_id(), name, ""))
         if self._args_buf is not None:
             self._emit_arguments(self._args_buf)
             self._args_state = "done"
@@ -232,9 +278,10 @@ class ToolCallParser:
         elif state == "post":
             self._step_post(c)
         elif state == "skip":
-            self._post_buf = (self._post_buf + c)[-len(CALL_END):]
-            if self._post_buf.endswith(CALL_END):
-                self._close_call()
+            if self._end:
+                self._post_buf = (self._post_buf + c)[-len(self._end):]
+                if self._post_buf.endswith(self._end):
+                    self._close_call()
         elif c.isspace():
             return
         elif state in ("pre", "item"):
@@ -336,12 +383,12 @@ class ToolCallParser:
         if not self._post_buf and c.isspace():
             return
         self._post_buf += c
-        if self._post_buf == CALL_END:
+        if self._end and self._post_buf == self._end:
             self._close_call()
-        elif self._post_buf == CALL_START:
+        elif self._start and self._post_buf == self._start:
             self._close_call()
             self._open_call()
-        elif not (CALL_END.startswith(self._post_buf) or CALL_START.startswith(self._post_buf)):
+        elif not any(m and m.startswith(self._post_buf) for m in (self._end, self._start)):
             held = self._post_buf
             self._close_call()
             self._feed_text(held)

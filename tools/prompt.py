@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from corral.grammars.param_error import ParamError
 from corral.tools.call_format import RESPONSE_END, RESPONSE_START, format_calls
 from corral.tools.functions import FunctionSpec, parse_tool_choice, parse_tools
 from corral.tools.messages import normalize_messages
@@ -59,24 +60,65 @@ def render_chat_prompt(
     add_generation_prompt: bool = True,
     *,
     tool_choice: Any = None,
+    fmt: Any = None,
+    template_kwargs: dict[str, Any] | None = None,
 ) -> str:
-    """The prompt text for OpenAI-format `messages` and `tools` (see the module docstring).
+    """The prompt text for OpenAI-format `messages` and `tools`, in the tool-call format
+    `fmt` (a `ToolFormat`; by default the one detected from the tokenizer).
 
     `tool_choice="none"` leaves the tools out of the prompt (they are not callable); the
-    history's tool calls and results are rendered all the same.
+    history's tool calls and results are rendered all the same. `template_kwargs` reach the
+    chat template as variables (e.g. `enable_thinking`). A template that refuses the
+    conversation raises a ValueError naming `messages` and quoting the template.
     """
+    from corral.tools.formats import detect_format
+
     specs = parse_tools(tools)
     if parse_tool_choice(tool_choice, specs).mode == "none":
         specs = []
     chat = normalize_messages(messages)
+    fmt = fmt if fmt is not None else detect_format(tokenizer)
+    return fmt.render_prompt(tokenizer, chat, specs, add_generation_prompt=add_generation_prompt,
+                             template_kwargs=template_kwargs)
+
+
+def render_hermes_prompt(tokenizer: Any, chat: list[dict[str, Any]], specs: list[FunctionSpec],
+                         add_generation_prompt: bool = True,
+                         template_kwargs: dict[str, Any] | None = None) -> str:
+    """Validated messages in the Hermes format: through a template that takes tools, or
+    with Corral's built-in tool prompt (see the module docstring)."""
     if template_takes_tools(tokenizer):
-        return tokenizer.apply_chat_template(
-            _native_messages(chat), tools=[s.to_openai() for s in specs] or None,
-            tokenize=False, add_generation_prompt=add_generation_prompt,
-        )
-    return tokenizer.apply_chat_template(
-        _text_messages(chat, specs), tokenize=False, add_generation_prompt=add_generation_prompt,
-    )
+        return apply_template(tokenizer, native_messages(chat),
+                              [s.to_openai() for s in specs] or None, add_generation_prompt,
+                              template_kwargs)
+    return apply_template(tokenizer, _text_messages(chat, specs), None, add_generation_prompt,
+                          template_kwargs)
+
+
+# Arguments of `apply_chat_template` itself: never template variables from a request.
+_RESERVED_KWARGS = frozenset({
+    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tokenize", "padding", "truncation", "max_length",
+    "return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs"})
+
+
+def apply_template(tokenizer: Any, messages: list[dict[str, Any]],
+                   tools: list[dict[str, Any]] | None, add_generation_prompt: bool,
+                   template_kwargs: dict[str, Any] | None = None) -> str:
+    """The tokenizer's chat template rendered as text; its own errors (`raise_exception`,
+    undefined fields) become a ValueError naming `messages`."""
+    import jinja2
+
+    kwargs = dict(template_kwargs or {})
+    for key in kwargs:
+        if key in _RESERVED_KWARGS:
+            raise ParamError(f"chat_template_kwargs.{key}", "is set by Corral itself")
+    try:
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt,
+                                             **kwargs)
+    except jinja2.TemplateError as e:
+        raise ParamError("messages", f"the chat template refused the messages: {e}") from None
 
 
 def tool_system_prompt(specs: list[FunctionSpec]) -> str:
@@ -107,7 +149,7 @@ def template_takes_tools(tokenizer: Any) -> bool:
     return _probe_cache[key]
 
 
-def _native_messages(chat: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def native_messages(chat: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Messages in Hugging Face's tool-use format (arguments as objects)."""
     result = []
     for message in chat:
@@ -115,7 +157,7 @@ def _native_messages(chat: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if "tool_calls" in message:
             message["tool_calls"] = [
                 {"id": c["id"], "type": "function",
-                 "function": {"name": c["name"], "arguments": _arguments_value(c["arguments"])}}
+                 "function": {"name": c["name"], "arguments": arguments_value(c["arguments"])}}
                 for c in message["tool_calls"]
             ]
         result.append(message)
@@ -148,7 +190,7 @@ def _text_messages(chat: list[dict[str, Any]], specs: list[FunctionSpec]) -> lis
     return [{"role": m["role"], "content": m["content"]} for m in result]
 
 
-def _arguments_value(arguments: str) -> Any:
+def arguments_value(arguments: str) -> Any:
     try:
         return json.loads(arguments) if arguments.strip() else {}
     except json.JSONDecodeError:

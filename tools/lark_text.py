@@ -1,0 +1,139 @@
+"""Pieces of the Lark (llguidance dialect) text that tool and reasoning grammars are built of.
+
+A format's marker (`<tool_call>`, `[TOOL_CALLS]`, `<|channel|>`, `<think>`) is often one
+token of the model's vocabulary. llguidance sees such added tokens only as tokens, never as
+the bytes they decode to, so a grammar must name them as tokens (`<[151657]>`); spelled out
+as a string literal they would be written piece by piece, a text the model never saw.
+`TokenMarkers` writes each marker the right way for one tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import llguidance
+
+from corral.grammars.param_error import ParamError
+from corral.grammars.params import StructuredOutputsParams
+from corral.grammars.schema_rewrite import rewrite_schema
+
+# The JSON layout of generated arguments (as `json.dumps` and chat templates' `tojson`
+# write them), as llguidance JSON compile options.
+JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+# A JSON answer is compact, as `response_format` output is.
+ANSWER_LAYOUT = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+# Any text: the body of a free-text lexeme (special tokens can never be inside one).
+ANY_TEXT = "/(?s:.*)/"
+
+
+def lit(text: str) -> str:
+    """A Lark string literal for `text` (JSON string escapes are what llguidance reads)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def regex_escape(text: str) -> str:
+    """Escape regex metacharacters for a /.../ literal (Rust regex syntax)."""
+    return "".join("\\" + c if c in "\\.+*?()|[]{}^$/-&~#" else c for c in text)
+
+
+def text_without(texts: list[str]) -> str:
+    """A lexeme body: any text that contains none of `texts`."""
+    body = ANY_TEXT
+    for text in texts:
+        body += f" & ~/(?s:.*){regex_escape(text)}(?s:.*)/"
+    return body
+
+
+@dataclass(frozen=True)
+class TokenMarkers:
+    """The markers that are single added tokens of one tokenizer, with their ids."""
+
+    ids: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, tokenizer: Any, markers: tuple[str, ...]) -> TokenMarkers:
+        """Look `markers` up in `tokenizer`'s added tokens (none without a tokenizer)."""
+        if tokenizer is None:
+            return cls()
+        added = tokenizer.get_added_vocab()
+        return cls({m: added[m] for m in markers if m in added})
+
+    def is_token(self, marker: str) -> bool:
+        return marker in self.ids
+
+    def seq(self, text: str) -> str:
+        """`text` as a Lark sequence: marker tokens as `<[id]>`, the rest as literals."""
+        if not self.ids:
+            return lit(text)
+        pattern = "|".join(re.escape(m) for m in sorted(self.ids, key=len, reverse=True))
+        pieces = []
+        for i, piece in enumerate(re.split(f"({pattern})", text)):
+            if i % 2:
+                pieces.append(f"<[{self.ids[piece]}]>")
+            elif piece:
+                pieces.append(lit(piece))
+        return " ".join(pieces) or '""'
+
+
+def arguments_schema(parameters: dict[str, Any]) -> dict[str, Any]:
+    """The schema compiled for a function's arguments: `parameters` rewritten for exact
+    semantics (ECMA `pattern`s, exact `format`s; as `response_format` schemas are) plus the
+    arguments layout."""
+    schema = rewrite_schema(parameters)
+    schema["x-guidance"] = dict(JSON_LAYOUT)
+    return schema
+
+
+def canonical(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, ensure_ascii=False)
+
+
+def json_rule(schema: dict[str, Any]) -> str:
+    """A Lark `%json` expression for `schema`."""
+    return f"%json {canonical(schema)}"
+
+
+@lru_cache(maxsize=1024)
+def check_schema(schema_json: str, where: str) -> None:
+    """Fail closed: a schema llguidance cannot enforce is refused, naming the field."""
+    try:
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema_json)
+    except ValueError as e:
+        raise ParamError(where, str(e)) from None
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar)
+    if is_error:
+        raise ParamError(where, f"cannot be enforced ({messages[0]})")
+
+
+def answer_schema(answer: StructuredOutputsParams) -> dict[str, Any]:
+    """The schema of a JSON answer (a JSON schema or any JSON object), laid out as
+    `response_format` output."""
+    if answer.json_object:
+        schema: Any = {"type": "object"}
+    elif answer.json is not None and isinstance(answer.json, dict):
+        schema = rewrite_schema(answer.json)
+    else:
+        raise ParamError("response_format", "only a JSON schema or a JSON object can be "
+                                            "combined with tools")
+    schema = dict(schema)
+    schema["x-guidance"] = dict(ANSWER_LAYOUT)
+    check_schema(canonical(schema), "response_format.json_schema.schema")
+    return schema
+
+
+def answer_rule(answer: StructuredOutputsParams, where: str) -> str:
+    """A Lark expression for the answer after reasoning: a JSON schema or object, a regex
+    or a choice. A Lark grammar of its own cannot be nested, so it is refused (`where`)."""
+    if answer.json_object or isinstance(answer.json, dict):
+        return json_rule(answer_schema(answer))
+    if answer.regex is not None:
+        return "/" + answer.regex.replace("/", "\\/") + "/"
+    if answer.choice is not None:
+        return "(" + " | ".join(lit(c) for c in answer.choice) + ")"
+    raise ParamError(where, f"a {answer.kind} constraint cannot follow the model's reasoning; "
+                            "use a JSON schema, a regex or a choice, or turn reasoning off "
+                            "(chat_template_kwargs enable_thinking false)")
