@@ -116,8 +116,6 @@ class EngineCoreClient:
         """
         self._check_alive()
         request_id = request_id or uuid.uuid4().hex
-        if request_id in self._streams:
-            raise ParamError("request_id", f"{request_id!r} is already running")
         if isinstance(prompt, str):  # as AsyncLLMEngine: outputs then carry no prompt text
             prompt_ids = await asyncio.to_thread(encode_prompt, self.tokenizer, prompt)
         else:
@@ -125,6 +123,8 @@ class EngineCoreClient:
         sent_params = wire_params(params)
         if sent_params.structured_outputs is not None:
             await asyncio.to_thread(self.validate_structured, sent_params.structured_outputs)
+        if request_id in self._streams:
+            raise ParamError("request_id", f"{request_id!r} is already running")
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue(),
                          RequestAssembler(request_id, None, prompt_ids, params))
         self._streams[request_id] = stream
