@@ -26,50 +26,62 @@ PREFIX = "corral"
 
 
 class _EngineCollector(Collector):
-    """Reads the engine's counters at scrape time."""
+    """Reads the engine's counters at scrape time; one series per replica (label
+    `replica`) when the engine has several (data parallelism)."""
 
     def __init__(self, engine: Any, model_name: str) -> None:
         self._engine = engine
-        self._labels = {"model_name": model_name}
+        self._model_name = model_name
+        self._per_replica = hasattr(engine, "replica_stats")
+        self._label_names = ["model_name", "replica"] if self._per_replica else ["model_name"]
 
-    def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
-        g = GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=list(self._labels))
-        g.add_metric(list(self._labels.values()), float(value))
-        return g
-
-    def _counter(self, name: str, doc: str, value: float) -> CounterMetricFamily:
-        c = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=list(self._labels))
-        c.add_metric(list(self._labels.values()), float(value))
-        return c
+    def _series(self) -> list[tuple[list[str], Any]]:
+        """(label values, stats) of each series."""
+        if self._per_replica:
+            return [([self._model_name, label], stats)
+                    for label, stats in self._engine.replica_stats()]
+        return [([self._model_name], self._engine.stats())]
 
     def collect(self) -> Iterable[Metric]:
-        s = self._engine.stats()
-        queries = float(s.prefix_cache_queries)
-        hit_rate = float(s.prefix_cache_hits) / queries if queries else 0.0
-        yield self._gauge("num_requests_running", "Requests being computed", s.num_running)
-        yield self._gauge("num_requests_waiting", "Requests waiting to be scheduled",
-                          s.num_waiting)
-        yield self._gauge("kv_cache_usage_perc", "Share of KV-cache blocks in use (0..1)",
-                          s.kv_cache_usage)
-        yield self._gauge("prefix_cache_hit_rate",
-                          "Prompt tokens found in the prefix cache / prompt tokens looked up",
-                          hit_rate)
-        yield self._counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
-                            s.prefix_cache_queries)
-        yield self._counter("prefix_cache_hits", "Prompt tokens found in the prefix cache",
-                            s.prefix_cache_hits)
-        yield self._counter("prompt_tokens", "Prompt tokens processed", s.prompt_tokens_total)
-        yield self._counter("generation_tokens", "Tokens generated", s.generation_tokens_total)
-        yield self._counter("num_preemptions", "Sequences preempted (recomputed later)",
-                            s.num_preemptions)
-        yield self._counter("spec_decode_num_draft_tokens",
-                            "Speculative draft tokens verified", s.spec_draft_tokens_total)
-        yield self._counter("spec_decode_num_accepted_tokens",
-                            "Speculative draft tokens accepted", s.spec_accepted_tokens_total)
-        yield self._counter("forced_tokens", "Tokens appended without sampling (grammar "
-                            "completions at the token limit)", s.forced_tokens_total)
-        yield self._counter("decode_passes", "Sequence-steps that sampled (tokens per pass = "
-                            "generation_tokens / this)", s.num_decode_passes)
+        series = self._series()
+
+        def family(kind, name: str, doc: str, value) -> Metric:
+            metric = kind(f"{PREFIX}_{name}", doc, labels=self._label_names)
+            for labels, stats in series:
+                metric.add_metric(labels, float(value(stats)))
+            return metric
+
+        def gauge(name: str, doc: str, value) -> Metric:
+            return family(GaugeMetricFamily, name, doc, value)
+
+        def counter(name: str, doc: str, value) -> Metric:
+            return family(CounterMetricFamily, name, doc, value)
+
+        yield gauge("num_requests_running", "Requests being computed", lambda s: s.num_running)
+        yield gauge("num_requests_waiting", "Requests waiting to be scheduled",
+                    lambda s: s.num_waiting)
+        yield gauge("kv_cache_usage_perc", "Share of KV-cache blocks in use (0..1)",
+                    lambda s: s.kv_cache_usage)
+        yield gauge("prefix_cache_hit_rate",
+                    "Prompt tokens found in the prefix cache / prompt tokens looked up",
+                    lambda s: s.prefix_cache_hit_rate)
+        yield counter("prefix_cache_queries", "Prompt tokens looked up in the prefix cache",
+                      lambda s: s.prefix_cache_queries)
+        yield counter("prefix_cache_hits", "Prompt tokens found in the prefix cache",
+                      lambda s: s.prefix_cache_hits)
+        yield counter("prompt_tokens", "Prompt tokens processed", lambda s: s.prompt_tokens_total)
+        yield counter("generation_tokens", "Tokens generated",
+                      lambda s: s.generation_tokens_total)
+        yield counter("num_preemptions", "Sequences preempted (recomputed later)",
+                      lambda s: s.num_preemptions)
+        yield counter("spec_decode_num_draft_tokens", "Speculative draft tokens verified",
+                      lambda s: s.spec_draft_tokens_total)
+        yield counter("spec_decode_num_accepted_tokens", "Speculative draft tokens accepted",
+                      lambda s: s.spec_accepted_tokens_total)
+        yield counter("forced_tokens", "Tokens appended without sampling (grammar "
+                      "completions at the token limit)", lambda s: s.forced_tokens_total)
+        yield counter("decode_passes", "Sequence-steps that sampled (tokens per pass = "
+                      "generation_tokens / this)", lambda s: s.num_decode_passes)
 
 
 class ServerMetrics:

@@ -136,6 +136,8 @@ class ModelRunner:
             device = group.rank_device(device, self.tp.local_rank)
         self.config = config
         self.device = device
+        if device.type == "cuda" and device.index is not None:
+            torch.cuda.set_device(device)  # CUDA graphs and Triton launch on the current one
         self.dtype = pick_dtype(config.dtype, self.device)
         context = int(getattr(self.hf_config, "max_position_embeddings", 4096) or 4096)
         self.max_model_len = min(max_model_len or context, context)

@@ -42,16 +42,20 @@ def check_devices(config: EngineConfig, device: torch.device) -> None:
     if device.type != "cuda":
         return
     per_node = ranks_per_node(config)
+    first = device.index or 0
     available = torch.cuda.device_count()
-    if per_node > available:
+    if first + per_node > available:
         raise ParamError("tensor_parallel_size",
-                         f"{per_node} ranks per node need as many GPUs; this machine has "
-                         f"{available}")
+                         f"{per_node} ranks per node from GPU {first} need GPUs {first}.."
+                         f"{first + per_node - 1}; this machine has {available}")
 
 
 def rank_device(device: torch.device, local_rank: int) -> torch.device:
-    """Each rank's own GPU; CPU ranks share the host."""
-    return torch.device("cuda", local_rank) if device.type == "cuda" else device
+    """Each rank's own GPU, counted from the engine's (`cuda:K`: ranks on K, K+1, ...);
+    CPU ranks share the host."""
+    if device.type != "cuda":
+        return device
+    return torch.device("cuda", (device.index or 0) + local_rank)
 
 
 def free_port() -> int:
