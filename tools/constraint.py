@@ -105,8 +105,10 @@ def chat_constraint(
             and not fmt.frames_answer:
         return answer
     expr = None
-    if answer is not None and choice.mode in ("auto", "none"):
+    if answer is not None and choice.mode == "auto":
         expr = json_rule(answer_schema(answer))
+    elif answer is not None and choice.mode == "none":
+        expr = answer_rule(answer, answer_field)
     max_calls = fmt.max_calls(parallel_tool_calls, max_parallel_calls)
     return _grammar(fmt.grammar(specs, choice, max_calls, expr, reasoning_mode,
                                 max_reasoning_tokens))

@@ -39,7 +39,7 @@ def think_start_rules(markers: TokenMarkers, mode: str, max_tokens: int | None) 
     rules = [
         f"think_text{limit}: THINK_TEXT",
         f"THINK_TEXT: {text_without([THINK_END])}",
-        r"THINK_GAP: /[ \t\r\n]+/",
+        r"THINK_GAP: /[ \t\r\n]{1,3}/",  # bounded: a model cannot loop on blanks
     ]
     end = markers.seq(THINK_END)
     if mode == "open":

@@ -32,3 +32,36 @@ def datasets_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"test datasets not found at {path} (set CORRAL_DATASETS)")
     return path
+
+
+@pytest.fixture(scope="session")
+def family_tokenizer(model_families_dir, tmp_path_factory):
+    """A function: a family's name (see `families.FAMILIES`) -> its real tokenizer."""
+    from .families import load_tokenizer, unpack_tokenizer
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            path = tmp_path_factory.mktemp(family.replace(".", "_"))
+            cache[family] = load_tokenizer(unpack_tokenizer(model_families_dir, family, path))
+        return cache[family]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def family_ll_tokenizer(family_tokenizer):
+    """A function: a family's name -> llguidance's view of its tokenizer (built once)."""
+    import llguidance.hf
+
+    cache = {}
+
+    def get(family: str):
+        tokenizer = family_tokenizer(family)
+        key = len(tokenizer)  # the two Qwen3 templates share one vocabulary
+        if key not in cache:
+            cache[key] = llguidance.hf.from_tokenizer(tokenizer, n_vocab=len(tokenizer))
+        return cache[key]
+
+    return get

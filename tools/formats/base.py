@@ -76,6 +76,10 @@ class ToolFormat:
         """Messages with the fields the family's template reads."""
         return native_messages(chat)
 
+    def stop_token_ids(self) -> list[int]:
+        """Tokens besides EOS that end the model's turn (harmony's `<|call|>`)."""
+        return []
+
     def reasoning_mode(self, prompt: str) -> str:
         """"off", "optional" or "open" for a rendered prompt (see `reasoning`)."""
         return think_mode(prompt) if self.reasoning == "think" else "off"
