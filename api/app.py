@@ -230,7 +230,8 @@ def _tokenize(state: ServerState, req: TokenizeRequest) -> list[int]:
 
         try:
             text = render_chat_prompt(state.tokenizer, req.messages, None,
-                                      add_generation_prompt=req.add_generation_prompt)
+                                      add_generation_prompt=req.add_generation_prompt,
+                                      fmt=state.tool_format)
         except ValueError as e:
             raise APIError.from_value_error(e, param="messages") from None
         return list(state.tokenizer(text, add_special_tokens=False)["input_ids"])

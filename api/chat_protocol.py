@@ -43,6 +43,8 @@ class ChatMessage(OpenAIModel):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    # Corral extension: an assistant turn's reasoning, as Corral returned it.
+    reasoning_content: str | None = None
 
     def text(self, where: str) -> str | None:
         """The content as one string (text parts joined); other part types are refused."""
@@ -79,6 +81,8 @@ class ChatMessage(OpenAIModel):
             msg["tool_calls"] = [c.model_dump() for c in self.tool_calls]
         if self.tool_call_id is not None:
             msg["tool_call_id"] = self.tool_call_id
+        if self.reasoning_content is not None and self.role == "assistant":
+            msg["reasoning_content"] = self.reasoning_content
         return msg
 
 
@@ -137,6 +141,7 @@ class ChatCompletionRequest(GenerationRequest):
     max_completion_tokens: int | None = None
     n: int | None = None
     presence_penalty: float | None = None
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
     response_format: ResponseFormat | None = None
     seed: int | None = None
     stop: str | list[str] | None = None
@@ -164,6 +169,10 @@ class ChatCompletionRequest(GenerationRequest):
     close_structures: bool | None = None
     # False: tool calls are parsed but not enforced by a grammar (for comparisons only).
     constrain_tool_calls: bool | None = None
+    # Variables for the chat template (e.g. {"enable_thinking": false} for Qwen3).
+    chat_template_kwargs: dict[str, Any] | None = None
+    # Reasoning ends after this many tokens (its end marker is forced), then the answer.
+    max_reasoning_tokens: int | None = Field(default=None, ge=1)
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.to_dict(f"messages.{i}") for i, m in enumerate(self.messages)]
@@ -172,6 +181,13 @@ class ChatCompletionRequest(GenerationRequest):
         if not self.tools:
             return None
         return [t.model_dump(exclude_none=True) for t in self.tools]
+
+    def template_kwargs(self) -> dict[str, Any]:
+        """Variables for the chat template: `chat_template_kwargs` and `reasoning_effort`."""
+        kwargs = dict(self.chat_template_kwargs or {})
+        if self.reasoning_effort is not None:
+            kwargs["reasoning_effort"] = self.reasoning_effort
+        return kwargs
 
     def uses_tools(self) -> bool:
         """Whether the output may hold tool calls (tools given and tool_choice not none)."""
@@ -207,6 +223,16 @@ class ChatCompletionRequest(GenerationRequest):
             raise APIError("structured_outputs: cannot be combined with response_format",
                            param="structured_outputs")
 
+    def answer(self) -> tuple[StructuredOutputsParams | None, str]:
+        """The constraint on the answer (besides tools) and the field it came from."""
+        if self.structured_outputs is not None:
+            if self.uses_tools():
+                raise APIError("structured_outputs: cannot be combined with tool calls; use "
+                               "response_format, or set tool_choice to 'none'",
+                               param="structured_outputs")
+            return self.structured_outputs.to_params(), "structured_outputs"
+        return self.answer_format(), "response_format"
+
     def answer_format(self) -> StructuredOutputsParams | None:
         """The `response_format` constraint (None for text or when absent)."""
         if self.response_format is None or self.structured_outputs is not None:
@@ -228,9 +254,12 @@ class ChatCompletionRequest(GenerationRequest):
             return self.structured_outputs.to_params()
         return tool_spec if tool_spec is not None else self.answer_format()
 
-    def sampling_params(self, max_tokens: int,
-                        constraint: StructuredOutputsParams | None) -> SamplingParams:
-        """Engine parameters; `max_tokens` is already resolved against the context."""
+    def sampling_params(self, max_tokens: int, constraint: StructuredOutputsParams | None,
+                        *, skip_special_tokens: bool = True,
+                        extra_stop_token_ids: list[int] | None = None) -> SamplingParams:
+        """Engine parameters; `max_tokens` is already resolved against the context.
+        `skip_special_tokens` False keeps a format's special-token markers in the text;
+        `extra_stop_token_ids` are the format's own end-of-turn tokens."""
         values: dict[str, Any] = {
             "n": self.n,
             "temperature": self.temperature,
@@ -255,6 +284,9 @@ class ChatCompletionRequest(GenerationRequest):
         if self.logprobs:
             kwargs["logprobs"] = self.top_logprobs or 0
         kwargs["structured_outputs"] = constraint
+        kwargs["skip_special_tokens"] = skip_special_tokens
+        if extra_stop_token_ids:
+            kwargs["stop_token_ids"] = [*(self.stop_token_ids or []), *extra_stop_token_ids]
         try:
             return SamplingParams(**kwargs)
         except ValueError as e:

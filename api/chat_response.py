@@ -28,6 +28,8 @@ class ChoiceLogprobs(BaseModel):
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
+    # Corral extension (as vLLM and DeepSeek name it): the model's reasoning.
+    reasoning_content: str | None = None
     refusal: str | None = None
     tool_calls: list[ToolCall] | None = None
 

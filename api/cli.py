@@ -64,6 +64,9 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--num-blocks", int, None, "exact number of KV blocks (overrides the memory budgets)"),
     ("--block-size", int, None, "tokens per KV block"),
     ("--grammar-backend", str, None, "llguidance, xgrammar or outlines"),
+    ("--tool-call-format", str, "auto", "the model's tool-call format: hermes, qwen3_coder, "
+                                        "llama3_json, mistral, harmony or auto (detected from "
+                                        "the chat template and special tokens)"),
     ("--fast-forward", parse_bool, None, "draft the tokens grammars force and verify them "
                                          "in the same forward pass"),
     ("--speculative", _optional_str, None, "speculative decoding: 'ngram' drafts n-gram "
@@ -145,7 +148,8 @@ def serve(args: argparse.Namespace) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = ServerSettings(api_key=args.api_key, served_model_name=args.served_model_name,
-                                  max_body_bytes=args.max_body_size)
+                                  max_body_bytes=args.max_body_size,
+                                  tool_call_format=args.tool_call_format)
         config = EngineConfig(**engine_config_kwargs(args))
     except ValueError as e:
         raise SystemExit(f"corral serve: {e}") from None

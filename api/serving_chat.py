@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,45 +31,65 @@ from .state import ServerState, new_id
 
 @dataclass
 class PreparedChat:
-    """A chat request turned into engine input."""
+    """A chat request turned into engine input, and how to read its output."""
 
     request_id: str
     model: str
     prompt_ids: list[int]
     params: Any
-    tools: list[dict[str, Any]] | None
+    # A new output parser (reasoning, content, tool calls) per choice; None: text as is.
+    new_parser: Callable[[], Any] | None
 
 
-def _prompt_and_tools(state: ServerState, req: ChatCompletionRequest,
-                      tools: list[dict[str, Any]] | None) -> tuple[Any, list[int]]:
-    """The tool constraint (or None) and the prompt's token ids; CPU work, run off-loop."""
-    from corral.tools import render_chat_prompt, tool_call_constraint
+def _prompt_and_constraint(state: ServerState, req: ChatCompletionRequest
+                           ) -> tuple[list[int], Any, Callable[[], Any] | None, str]:
+    """The prompt's token ids, the output constraint (or None), the parser factory and the
+    field a refused constraint is named by; CPU work, run off-loop."""
+    from corral.tools import render_chat_prompt
+    from corral.tools.constraint import chat_constraint
 
-    messages = req.message_dicts()
-    tool_spec = None
+    fmt = state.tool_format
+    tools = req.tool_dicts()
+    uses_tools = req.uses_tools()
     try:
-        if tools and req.constrain_tool_calls is not False:
+        prompt = render_chat_prompt(state.tokenizer, req.message_dicts(),
+                                    tools if uses_tools else None,
+                                    tool_choice=req.tool_choice_value() if uses_tools else None,
+                                    fmt=fmt, template_kwargs=req.template_kwargs())
+        mode = fmt.reasoning_mode(prompt)
+        answer, answer_field = req.answer()
+        if req.constrain_tool_calls is False:
+            constraint = answer
+        else:
             parallel = True if req.parallel_tool_calls is None else req.parallel_tool_calls
-            tool_spec = tool_call_constraint(tools, req.tool_choice_value(), parallel,
-                                             answer=req.answer_format())
-        prompt = render_chat_prompt(state.tokenizer, messages, tools,
-                                    add_generation_prompt=True)
+            constraint = chat_constraint(
+                fmt, tools, req.tool_choice_value(), parallel, answer=answer,
+                answer_field=answer_field, reasoning_mode=mode,
+                max_reasoning_tokens=req.max_reasoning_tokens)
     except ValueError as e:
         raise APIError.from_value_error(e) from None
-    return tool_spec, tokenize_prompt(state, prompt, chat=True, param="messages")
+    new_parser = None
+    if uses_tools or mode != "off" or fmt.frames_answer:
+        def new_parser() -> Any:
+            return fmt.output_parser(tools, parse_calls=uses_tools, reasoning_mode=mode)
+    where = "tools" if tools and constraint is not answer else answer_field
+    return tokenize_prompt(state, prompt, chat=True, param="messages"), constraint, \
+        new_parser, where
 
 
 async def prepare_chat(state: ServerState, req: ChatCompletionRequest) -> PreparedChat:
     req.check()
     model = state.check_chat_model(req.model)
-    tools = req.tool_dicts() if req.uses_tools() else None
-    tool_spec, prompt_ids = await asyncio.to_thread(_prompt_and_tools, state, req, tools)
+    prompt_ids, constraint, new_parser, where = await asyncio.to_thread(
+        _prompt_and_constraint, state, req)
     max_tokens = state.check_prompt_length(len(prompt_ids), req.requested_max_tokens())
-    params = req.sampling_params(max_tokens, req.output_constraint(tool_spec))
-    where = "tools" if tool_spec is not None else (
-        "structured_outputs" if req.structured_outputs is not None else "response_format")
+    fmt = state.tool_format
+    # A format whose markers are special tokens keeps them in the text it parses.
+    keep_special = new_parser is not None and not fmt.skip_special_tokens
+    params = req.sampling_params(max_tokens, constraint, skip_special_tokens=not keep_special,
+                                 extra_stop_token_ids=fmt.stop_token_ids())
     await validate_constraint(state, params, where)
-    return PreparedChat(new_id("chatcmpl-"), model, prompt_ids, params, tools)
+    return PreparedChat(new_id("chatcmpl-"), model, prompt_ids, params, new_parser)
 
 
 def _finish_reason(output: CompletionOutput, has_calls: bool) -> str:
@@ -81,16 +101,17 @@ def _finish_reason(output: CompletionOutput, has_calls: bool) -> str:
     return reason
 
 
-def _parse_tools(tools: list[dict[str, Any]], text: str, truncated: bool
-                 ) -> tuple[str | None, list[ToolCall]]:
-    from corral.tools import ToolCallParser
-
-    parser = ToolCallParser(tools)
+def _parse_output(prep: PreparedChat, text: str, truncated: bool) -> ResponseMessage:
+    """The assistant message of one finished output."""
+    if prep.new_parser is None:
+        return ResponseMessage(content=text)
+    parser = prep.new_parser()
     parser.feed(text)
     parser.finish(truncated)
     calls = [ToolCall(id=c.id, function=FunctionCall(name=c.name, arguments=c.arguments))
              for c in parser.tool_calls]
-    return parser.content, calls
+    return ResponseMessage(content=parser.content, reasoning_content=parser.reasoning,
+                           tool_calls=calls or None)
 
 
 def _usage(final: RequestOutput) -> UsageInfo:
@@ -114,18 +135,15 @@ async def chat_completion(state: ServerState, req: ChatCompletionRequest,
                                    state.settings.disconnect_poll_seconds)
     choices = []
     for out in final.outputs:
-        content: str | None = out.text
-        calls: list[ToolCall] = []
-        if prep.tools:
-            content, calls = _parse_tools(prep.tools, out.text, out.finish_reason == "length")
+        message = _parse_output(prep, out.text, out.finish_reason == "length")
         logprobs = None
         if req.logprobs:
             logprobs = ChoiceLogprobs(content=chat_logprobs(state.token_texts, out.logprobs or []))
         choices.append(ChatChoice(
             index=out.index,
-            message=ResponseMessage(content=content, tool_calls=calls or None),
+            message=message,
             logprobs=logprobs,
-            finish_reason=_finish_reason(out, bool(calls)),
+            finish_reason=_finish_reason(out, bool(message.tool_calls)),
         ))
     response = ChatCompletionResponse(id=prep.request_id, created=int(time.time()),
                                       model=prep.model, choices=choices, usage=_usage(final))
@@ -147,10 +165,8 @@ class ChatStream:
         self.num_calls = [0] * n
         self.done = [False] * n
         self.parsers: list[Any] = [None] * n
-        if prep.tools:
-            from corral.tools import ToolCallParser
-
-            self.parsers = [ToolCallParser(prep.tools) for _ in range(n)]
+        if prep.new_parser is not None:
+            self.parsers = [prep.new_parser() for _ in range(n)]
 
     def chunk(self, choices: list[dict[str, Any]], usage: UsageInfo | None = None) -> str:
         body: dict[str, Any] = {
@@ -220,12 +236,13 @@ class ChatStream:
         return events
 
     def _tool_delta(self, i: int, pieces: list[Any]) -> dict[str, Any]:
-        from corral.tools import ContentDelta
+        from corral.tools import ContentDelta, ReasoningDelta
 
         content = "".join(p.text for p in pieces if isinstance(p, ContentDelta))
+        reasoning = "".join(p.text for p in pieces if isinstance(p, ReasoningDelta))
         calls: list[dict[str, Any]] = []
         for p in pieces:
-            if isinstance(p, ContentDelta):
+            if isinstance(p, (ContentDelta, ReasoningDelta)):
                 continue
             if p.id is not None:
                 self.num_calls[i] = max(self.num_calls[i], p.index + 1)
@@ -236,6 +253,8 @@ class ChatStream:
             else:
                 calls.append({"index": p.index, "function": {"arguments": p.arguments}})
         delta: dict[str, Any] = {}
+        if reasoning:
+            delta["reasoning_content"] = reasoning
         if content:
             delta["content"] = content
         if calls:

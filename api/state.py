@@ -24,15 +24,23 @@ class ServerSettings:
     """Settings of the HTTP layer (the engine has its own `EngineConfig`).
 
     `api_key` None means no authentication; `served_model_name` None means the engine's
-    model name; `max_body_bytes` bounds every request body (413 above it).
+    model name; `max_body_bytes` bounds every request body (413 above it);
+    `tool_call_format` names the model family's tool-call format ("auto": detected from the
+    chat template and special tokens).
     """
 
     api_key: str | None = None
     served_model_name: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     disconnect_poll_seconds: float = 0.25
+    tool_call_format: str = "auto"
 
     def __post_init__(self) -> None:
+        from corral.tools import TOOL_CALL_FORMATS
+
+        if self.tool_call_format not in TOOL_CALL_FORMATS:
+            raise ParamError("tool_call_format", f"must be one of {', '.join(TOOL_CALL_FORMATS)} "
+                                                 f"(got {self.tool_call_format!r})")
         if self.max_body_bytes < 1:
             raise ParamError("max_body_bytes", f"must be positive (got {self.max_body_bytes})")
         if self.api_key is not None and not self.api_key:
@@ -65,6 +73,13 @@ class ServerState:
     @property
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
+
+    @property
+    def tool_format(self) -> Any:
+        """The model family's `ToolFormat` (`--tool-call-format`, else detected)."""
+        from corral.tools import tool_format
+
+        return tool_format(self.tokenizer, self.settings.tool_call_format)
 
     @property
     def max_model_len(self) -> int:

@@ -50,9 +50,11 @@ def text_without(texts: list[str]) -> str:
 
 @dataclass(frozen=True)
 class TokenMarkers:
-    """The markers that are single added tokens of one tokenizer, with their ids."""
+    """The markers that are single added tokens of one tokenizer, with their ids, and the
+    ids of its ordinary (not added) tokens as an llguidance token set (`<[0-151642]>`)."""
 
     ids: dict[str, int] = field(default_factory=dict)
+    text_tokens: str | None = None
 
     @classmethod
     def of(cls, tokenizer: Any, markers: tuple[str, ...]) -> TokenMarkers:
@@ -60,7 +62,15 @@ class TokenMarkers:
         if tokenizer is None:
             return cls()
         added = tokenizer.get_added_vocab()
-        return cls({m: added[m] for m in markers if m in added})
+        return cls({m: added[m] for m in markers if m in added},
+                   _token_set(len(tokenizer), set(added.values())))
+
+    def any_text_tokens(self, max_tokens: int, where: str = "max_reasoning_tokens") -> str:
+        """A rule body: 0..`max_tokens` ordinary tokens, one token each (so a count of
+        tokens, unlike llguidance's `max_tokens` lexemes, survives rollbacks)."""
+        if self.text_tokens is None:
+            raise ParamError(where, "needs the model's tokenizer")
+        return f"{self.text_tokens}{{0,{max_tokens}}}"
 
     def is_token(self, marker: str) -> bool:
         return marker in self.ids
@@ -77,6 +87,19 @@ class TokenMarkers:
             elif piece:
                 pieces.append(lit(piece))
         return " ".join(pieces) or '""'
+
+
+def _token_set(vocab_size: int, excluded: set[int]) -> str:
+    """`<[a-b,c-d]>`: the ids below `vocab_size` not in `excluded`, as ranges."""
+    ranges, start = [], None
+    for i in range(vocab_size + 1):
+        inside = i < vocab_size and i not in excluded
+        if inside and start is None:
+            start = i
+        elif not inside and start is not None:
+            ranges.append(f"{start}-{i - 1}" if i - 1 > start else str(start))
+            start = None
+    return f"<[{','.join(ranges)}]>"
 
 
 def arguments_schema(parameters: dict[str, Any]) -> dict[str, Any]:

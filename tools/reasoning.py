@@ -32,15 +32,16 @@ def think_mode(prompt: str) -> str:
 
 
 def think_start_rules(markers: TokenMarkers, mode: str, max_tokens: int | None) -> list[str]:
-    """Lark rules for `start`: the reasoning block `mode` allows, then `body`."""
+    """Lark rules for `start`: the reasoning block `mode` allows, then `body`. With
+    `max_tokens`, the reasoning is a run of at most that many ordinary tokens, so the end
+    marker is forced once they are spent."""
     if mode == "off":
         return ["start: body"]
-    limit = f"[max_tokens={max_tokens}]" if max_tokens is not None else ""
-    rules = [
-        f"think_text{limit}: THINK_TEXT",
-        f"THINK_TEXT: {text_without([THINK_END])}",
-        r"THINK_GAP: /[ \t\r\n]{1,3}/",  # bounded: a model cannot loop on blanks
-    ]
+    if max_tokens is not None:
+        rules = [f"think_text: {markers.any_text_tokens(max_tokens)}"]
+    else:
+        rules = ["think_text: THINK_TEXT", f"THINK_TEXT: {text_without([THINK_END])}"]
+    rules.append(r"THINK_GAP: /[ \t\r\n]{1,3}/")  # bounded: a model cannot loop on blanks
     end = markers.seq(THINK_END)
     if mode == "open":
         return [f"start: think_text {end} THINK_GAP? body", *rules]

@@ -311,3 +311,22 @@ def test_harmony_options_and_reasoning_effort(family_tokenizer):
     with pytest.raises(ParamError) as e:
         render_chat_prompt(tokenizer, ASK, template_kwargs={"reasoning_effort": "max"})
     assert e.value.param == "reasoning_effort"
+
+
+def test_a_regex_or_choice_follows_the_reasoning_and_a_grammar_is_refused(family_tokenizer,
+                                                                          family_ll_tokenizer):
+    from corral.grammars.params import StructuredOutputsParams
+
+    tokenizer = family_tokenizer("qwen3")
+    fmt = tool_format(tokenizer)
+    for answer, good, bad in [(StructuredOutputsParams(regex=r"[0-9]{3}/x"), "123/x", "12"),
+                              (StructuredOutputsParams(choice=["yes", "no"]), "no", "maybe")]:
+        spec = chat_constraint(fmt, None, answer=answer, answer_field="structured_outputs",
+                               reasoning_mode="optional")
+        check = GrammarCheck(family_ll_tokenizer("qwen3"), tokenizer, spec.grammar)
+        assert check.accepts("<think>\nhm\n</think>\n\n" + good) and check.accepts(good)
+        assert not check.accepts("<think>\nhm\n</think>\n\n" + bad)
+    with pytest.raises(ParamError) as e:
+        chat_constraint(fmt, None, answer=StructuredOutputsParams(grammar="start: A\nA: /a/"),
+                        answer_field="structured_outputs", reasoning_mode="optional")
+    assert e.value.param == "structured_outputs"

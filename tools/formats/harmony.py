@@ -50,14 +50,14 @@ class HarmonyFormat(ToolFormat):
                 answer: str | None = None, reasoning_mode: str = "off",
                 max_reasoning_tokens: int | None = None) -> str:
         seq = self.markers.seq
-        limit = f"[max_tokens={max_reasoning_tokens}]" if max_reasoning_tokens else ""
         final = f"{seq(CHANNEL + 'final' + MESSAGE)} {answer or 'FINAL_TEXT'}"
         lines = [
             "%llguidance {}",
             "start: analysis? body",
             f"analysis: {seq(CHANNEL + 'analysis' + MESSAGE)} analysis_text "
             f"{seq(END + START + 'assistant')}",
-            f"analysis_text{limit}: ANALYSIS_TEXT",
+            "analysis_text: " + (self.markers.any_text_tokens(max_reasoning_tokens)
+                                 if max_reasoning_tokens else "ANALYSIS_TEXT"),
             f"ANALYSIS_TEXT: {ANY_TEXT}",
             f"final: {final}",
             f"FINAL_TEXT: {ANY_TEXT}",

@@ -34,6 +34,7 @@ from corral.tools.formats.qwen3_coder_parser import XmlCallParser, value_kinds
 from corral.tools.functions import FunctionSpec
 from corral.tools.lark_text import JSON_LAYOUT, json_rule, lit
 
+NEWLINE = "\n"
 PARAM_END = "\n</parameter>\n"
 # Keywords a raw string value can be held to (the rest of a string schema is refused).
 _STRING_KEYWORDS = {"type", "description", "title", "enum", "const", "minLength",
@@ -85,12 +86,12 @@ class Qwen3CoderFormat(ToolFormat):
         for j, (name, prop) in enumerate((schema.get("properties") or {}).items()):
             rule = f"p_{i}_{j}"
             value = self._value_rules(rule, prop if isinstance(prop, dict) else {}, defs)
-            rules.append(f"{rule}: {lit(f'<parameter={name}>' + chr(10))} {value[0]}")
+            rules.append(f"{rule}: {lit(f'<parameter={name}>' + NEWLINE)} {value[0]}")
             rules += value[1]
             parts.append(rule if name in required else f"{rule}?")
         head = lit(f"\n<function={spec.name}>\n")
-        tail = f'{lit("</function>" + chr(10))} {self.markers.seq(CALL_END)}'
-        return [f"fn_{i}: {head} {' '.join(parts)} {tail}".replace("  ", " "), *rules]
+        tail = f'{lit("</function>" + NEWLINE)} {self.markers.seq(CALL_END)}'
+        return [" ".join([f"fn_{i}:", head, *parts, tail]), *rules]
 
     def _value_rules(self, rule: str, prop: dict[str, Any], defs: dict[str, Any]
                      ) -> tuple[str, list[str]]:

@@ -219,7 +219,7 @@ class XmlCallParser:
             if self._buf == CALL_END:
                 self._close_call()
         elif not head:
-            return
+            self._buf = ""  # blanks between tags
         elif state == "open":
             self._step_tag(head, FUNCTION_TAG, self._commit, ())
         elif state == "params":
