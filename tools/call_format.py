@@ -7,7 +7,8 @@ A call is one block, and parallel calls are several blocks joined by one newline
     </tool_call>
 
 The JSON line is written the way `json.dumps` writes it by default (", " between items,
-": " between key and value), and the grammar holds generated calls to that same layout.
+": " between key and value), and the grammar holds generated calls to that same layout
+(`lark_text.JSON_LAYOUT`). This is the Hermes format (`formats/hermes.py`).
 """
 
 from __future__ import annotations
@@ -20,9 +21,6 @@ CALL_END = "</tool_call>"
 CALL_SEPARATOR = "\n"
 RESPONSE_START = "<tool_response>"
 RESPONSE_END = "</tool_response>"
-
-# The JSON layout of generated arguments, as llguidance JSON compile options.
-JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
 
 
 def call_prefix(name: str) -> str:
