@@ -84,6 +84,8 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--seed", int, None, "engine seed"),
     ("--tensor-parallel-size", int, None, "split the model over this many GPUs (one process "
                                           "each)"),
+    ("--data-parallel-size", int, 1, "engine cores (each on its own GPUs) behind this server, "
+                                     "requests routed by load and prompt prefix"),
     ("--nnodes", int, None, "machines the tensor-parallel ranks span (default 1)"),
     ("--node-rank", int, None, "this machine's index; nodes other than 0 run only workers"),
     ("--master-addr", str, None, "address of node 0 for the ranks' rendezvous"),
@@ -138,7 +140,7 @@ def serve(args: argparse.Namespace) -> None:
     """Build the engine, the embedder and the app, then run uvicorn until stopped."""
     import uvicorn
 
-    from corral.engine import AsyncLLMEngine, EngineConfig, EngineCoreClient
+    from corral.engine import EngineConfig
 
     from .app import create_app
     from .embeddings import Embedder
@@ -156,7 +158,10 @@ def serve(args: argparse.Namespace) -> None:
     if config.node_rank > 0:
         serve_worker_node(config)
         return
-    engine = AsyncLLMEngine(config) if args.engine_in_process else EngineCoreClient(config)
+    try:
+        engine = build_engine(config, args.data_parallel_size, args.engine_in_process)
+    except ValueError as e:
+        raise SystemExit(f"corral serve: {e}") from None
     try:
         embedder = Embedder(args.embedding_model) if args.embedding_model else None
         app = create_app(engine, settings, embedder)
@@ -176,6 +181,20 @@ def serve(args: argparse.Namespace) -> None:
                     timeout_graceful_shutdown=5)
     finally:
         engine.shutdown()
+
+
+def build_engine(config: Any, data_parallel_size: int, in_process: bool) -> Any:
+    """The engine the server drives: a thread, one engine-core process, or several."""
+    from corral.engine import AsyncLLMEngine, EngineCoreClient
+    from corral.engine.data_parallel import DataParallelClient
+    from corral.grammars.param_error import ParamError
+
+    if data_parallel_size != 1:
+        if in_process:
+            raise ParamError("data_parallel_size", "needs engine-core processes (drop "
+                             "--engine-in-process)")
+        return DataParallelClient(config, data_parallel_size)
+    return AsyncLLMEngine(config) if in_process else EngineCoreClient(config)
 
 
 def serve_worker_node(config: Any) -> None:

@@ -48,3 +48,15 @@ def test_sizes():
     assert parse_size("2GiB") == 2 * 1024**3
     assert parse_size("1.5g") == int(1.5 * 1024**3)
     assert parse_size("512MiB") == 512 * 1024**2
+
+
+def test_data_parallel_needs_engine_core_processes():
+    from corral.api.cli import build_engine
+    from corral.engine import EngineConfig
+    from corral.grammars.param_error import ParamError
+
+    args = build_parser({}).parse_args(["serve", "--data-parallel-size", "2"])
+    assert args.data_parallel_size == 2
+    with pytest.raises(ParamError) as err:
+        build_engine(EngineConfig(), 2, in_process=True)
+    assert err.value.param == "data_parallel_size"
