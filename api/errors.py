@@ -1,8 +1,10 @@
 """One error type and one handler: every failure leaves the server as an OpenAI error object.
 
-The body is always `{"error": {"message", "type", "param", "code"}}`; stack traces never
-reach a client. Pydantic validation errors become 400 (never FastAPI's 422) with `param`
-set to the field path, e.g. `messages.0.content`.
+The body is `{"error": {"message", "type", "param", "code"}}`, except on the Anthropic
+Messages routes (`/v1/messages...`), where it is Anthropic's
+`{"type": "error", "error": {"type", "message"}}`; stack traces never reach a client.
+Pydantic validation errors become 400 (never FastAPI's 422) with `param` set to the field
+path, e.g. `messages.0.content`.
 """
 
 from __future__ import annotations
@@ -51,9 +53,18 @@ class APIError(Exception):
             }
         }
 
-    def response(self) -> JSONResponse:
+    def to_anthropic_dict(self) -> dict[str, Any]:
+        """The error in Anthropic's shape (its `type` chosen by the HTTP status)."""
+        kind = ANTHROPIC_ERROR_TYPES.get(self.status)
+        if kind is None:
+            kind = "api_error" if self.status >= 500 else "invalid_request_error"
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+    def response(self, path: str | None = None) -> JSONResponse:
+        """The error as an HTTP response; on an Anthropic route (`path`) in its shape."""
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return JSONResponse(self.to_dict(), status_code=self.status, headers=headers)
+        body = self.to_anthropic_dict() if is_anthropic_path(path) else self.to_dict()
+        return JSONResponse(body, status_code=self.status, headers=headers)
 
     @classmethod
     def from_value_error(cls, err: BaseException, param: str | None = None) -> APIError:
@@ -63,6 +74,18 @@ class APIError(Exception):
         if param is None and isinstance(err, ParamError):
             param = err.param
         return cls(message, status=400, param=param)
+
+
+# Anthropic's error `type` for each HTTP status.
+ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                         403: "permission_error", 404: "not_found_error",
+                         413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                         503: "overloaded_error", 529: "overloaded_error"}
+
+
+def is_anthropic_path(path: str | None) -> bool:
+    """Whether `path` is a route of the Anthropic Messages API (errors in its shape)."""
+    return path is not None and (path == "/v1/messages" or path.startswith("/v1/messages/"))
 
 
 def not_found_model(model: str) -> APIError:
@@ -114,30 +137,31 @@ def install_error_handlers(app: FastAPI,
                            on_error: Callable[[int], None] | None = None) -> None:
     """Route every exception through `APIError`; `on_error(status)` counts them."""
 
-    def respond(err: APIError) -> JSONResponse:
+    def respond(request: Request, err: APIError) -> JSONResponse:
         if on_error is not None:
             on_error(err.status)
-        return err.response()
+        return err.response(request.url.path)
 
     @app.exception_handler(APIError)
-    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
-        return respond(exc)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        return respond(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return respond(validation_error(exc))
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return respond(request, validation_error(exc))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
         code = "not_found" if exc.status_code == 404 else None
-        return respond(APIError(str(exc.detail), status=exc.status_code, type=kind, code=code))
+        return respond(request, APIError(str(exc.detail), status=exc.status_code, type=kind,
+                                         code=code))
 
     @app.exception_handler(EngineDeadError)
-    async def _engine_dead(_: Request, exc: EngineDeadError) -> JSONResponse:
-        return respond(engine_dead(exc))
+    async def _engine_dead(request: Request, exc: EngineDeadError) -> JSONResponse:
+        return respond(request, engine_dead(exc))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error")
-        return respond(server_error(f"internal server error ({type(exc).__name__})"))
+        return respond(request, server_error(f"internal server error ({type(exc).__name__})"))

@@ -10,7 +10,7 @@ from .errors import APIError
 
 
 async def _send_error(err: APIError, scope: Scope, receive: Receive, send: Send) -> None:
-    await err.response()(scope, receive, send)
+    await err.response(scope.get("path"))(scope, receive, send)
 
 
 class APIKeyMiddleware:

@@ -1,10 +1,14 @@
-"""Server-sent events: `data: <json>` events ended by `data: [DONE]`, errors in-stream."""
+"""Server-sent events: `data: <json>` events ended by `data: [DONE]`, errors in-stream.
+
+The Responses and Messages APIs name each event (`event: <type>` before its data) and end
+without `[DONE]`; `guarded_stream` takes their error event and end marker.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from corral.engine.engine_errors import EngineDeadError
@@ -17,22 +21,32 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = "data: [DONE]\n\n"
 
 
-def sse_event(body: dict[str, Any]) -> str:
-    return f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n"
+def sse_event(body: dict[str, Any], event: str | None = None) -> str:
+    """One event: `data: <json>`, after `event: <name>` when `event` is given."""
+    data = f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    return f"event: {event}\n{data}" if event else data
 
 
-async def guarded_stream(events: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The events, then `[DONE]`; an error after the stream began becomes an error event."""
+def _openai_error_event(err: APIError) -> str:
+    return sse_event(err.to_dict())
+
+
+async def guarded_stream(events: AsyncIterator[str],
+                         error_event: Callable[[APIError], str] = _openai_error_event,
+                         done: str | None = DONE) -> AsyncIterator[str]:
+    """The events, then `done` (if any); an error after the stream began becomes
+    `error_event(error)`."""
     try:
         async for event in events:
             yield event
     except APIError as e:
-        yield sse_event(e.to_dict())
+        yield error_event(e)
     except EngineDeadError as e:
-        yield sse_event(engine_dead(e).to_dict())
+        yield error_event(engine_dead(e))
     except Exception as e:  # noqa: BLE001 - the status line is gone; report in-stream
         logger.exception("error while streaming")
-        yield sse_event(server_error(f"internal server error ({type(e).__name__})").to_dict())
+        yield error_event(server_error(f"internal server error ({type(e).__name__})"))
     finally:
         await events.aclose()  # type: ignore[attr-defined]
-    yield DONE
+    if done:
+        yield done
