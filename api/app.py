@@ -29,8 +29,10 @@ from .protocol import (
     ModelList,
     TokenizeRequest,
 )
+from .responses_protocol import ResponsesRequest
 from .serving_chat import chat_completion
 from .serving_completion import completion
+from .serving_responses import create_response, delete_response, get_response
 from .state import ServerSettings, ServerState
 
 
@@ -111,6 +113,18 @@ def create_app(engine: Any, settings: ServerSettings | None = None,
     @app.post("/v1/completions")
     async def completions(req: CompletionRequest, raw: Request) -> Response:
         return await completion(state, req, raw)
+
+    @app.post("/v1/responses")
+    async def responses(req: ResponsesRequest, raw: Request) -> Response:
+        return await create_response(state, req, raw)
+
+    @app.get("/v1/responses/{response_id}")
+    async def retrieve_response(response_id: str) -> Response:
+        return await get_response(state, response_id)
+
+    @app.delete("/v1/responses/{response_id}")
+    async def remove_response(response_id: str) -> Response:
+        return await delete_response(state, response_id)
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest) -> JSONResponse:

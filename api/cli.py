@@ -92,6 +92,9 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--master-port", int, None, "port of that rendezvous (default: a free one, one node)"),
     ("--engine-in-process", parse_bool, False, "step the engine on a thread of the server's "
                                                "process instead of an engine-core process"),
+    ("--responses-db", str, None, "SQLite file of the Responses API's stored responses "
+                                  "(default: responses.sqlite3 in the cache folder; "
+                                  "':memory:' keeps them until the server stops)"),
     ("--max-body-size", parse_size, DEFAULT_MAX_BODY_BYTES, "largest request body accepted "
                                                             "(413 above)"),
     ("--log-level", str, "info", "debug, info, warning or error"),
@@ -151,7 +154,8 @@ def serve(args: argparse.Namespace) -> None:
     try:
         settings = ServerSettings(api_key=args.api_key, served_model_name=args.served_model_name,
                                   max_body_bytes=args.max_body_size,
-                                  tool_call_format=args.tool_call_format)
+                                  tool_call_format=args.tool_call_format,
+                                  responses_db=args.responses_db)
         config = EngineConfig(**engine_config_kwargs(args))
     except ValueError as e:
         raise SystemExit(f"corral serve: {e}") from None

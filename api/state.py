@@ -15,6 +15,7 @@ from .embeddings import Embedder
 from .errors import APIError, not_found_model
 from .logprobs import TokenTexts
 from .metrics import ServerMetrics
+from .responses_store import ResponseStore, default_responses_db
 
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 
@@ -26,7 +27,8 @@ class ServerSettings:
     `api_key` None means no authentication; `served_model_name` None means the engine's
     model name; `max_body_bytes` bounds every request body (413 above it);
     `tool_call_format` names the model family's tool-call format ("auto": detected from the
-    chat template and special tokens).
+    chat template and special tokens); `responses_db` is the SQLite file that keeps the
+    Responses API's stored responses (None: under the cache folder; ":memory:" allowed).
     """
 
     api_key: str | None = None
@@ -34,6 +36,7 @@ class ServerSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     disconnect_poll_seconds: float = 0.25
     tool_call_format: str = "auto"
+    responses_db: str | None = None
 
     def __post_init__(self) -> None:
         from corral.tools import TOOL_CALL_FORMATS
@@ -57,10 +60,19 @@ class ServerState:
     metrics: ServerMetrics = field(init=False)
     token_texts: TokenTexts = field(init=False)
     created: int = field(default_factory=lambda: int(time.time()))
+    _responses: ResponseStore | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self.engine, self.model_name)
         self.token_texts = TokenTexts(self.engine.tokenizer)
+
+    @property
+    def responses(self) -> ResponseStore:
+        """The Responses API's store, opened on first use."""
+        if self._responses is None:
+            path = self.settings.responses_db or default_responses_db()
+            self._responses = ResponseStore(path)
+        return self._responses
 
     @property
     def model_name(self) -> str:
