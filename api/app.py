@@ -15,6 +15,7 @@ from .completion_protocol import CompletionRequest
 from .embeddings import Embedder, encode_vector
 from .errors import APIError, install_error_handlers
 from .generation import ClientDisconnected
+from .messages_protocol import MessagesInput, MessagesRequest
 from .middleware import APIKeyMiddleware, BodyLimitMiddleware
 from .protocol import (
     DetokenizeRequest,
@@ -32,6 +33,7 @@ from .protocol import (
 from .responses_protocol import ResponsesRequest
 from .serving_chat import chat_completion
 from .serving_completion import completion
+from .serving_messages import count_tokens, create_message
 from .serving_responses import create_response, delete_response, get_response
 from .state import ServerSettings, ServerState
 
@@ -125,6 +127,14 @@ def create_app(engine: Any, settings: ServerSettings | None = None,
     @app.delete("/v1/responses/{response_id}")
     async def remove_response(response_id: str) -> Response:
         return await delete_response(state, response_id)
+
+    @app.post("/v1/messages")
+    async def messages(req: MessagesRequest, raw: Request) -> Response:
+        return await create_message(state, req, raw)
+
+    @app.post("/v1/messages/count_tokens")
+    async def messages_count_tokens(req: MessagesInput) -> Response:
+        return await count_tokens(state, req)
 
     @app.post("/v1/embeddings")
     async def embeddings(req: EmbeddingRequest) -> JSONResponse:
