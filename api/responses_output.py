@@ -89,7 +89,8 @@ class ResponseBuilder:
             self.incomplete_details = {"reason": "max_output_tokens"}
         self.usage = {
             "input_tokens": end.num_prompt_tokens,
-            "input_tokens_details": {"cached_tokens": end.num_cached_tokens},
+            "input_tokens_details": {"cached_tokens": end.num_cached_tokens,
+                                     "cache_write_tokens": 0},
             "output_tokens": end.num_output_tokens,
             "output_tokens_details": {"reasoning_tokens": 0},
             "total_tokens": end.num_prompt_tokens + end.num_output_tokens,

@@ -58,6 +58,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
     cmd = [sys.executable, "-m", "corral.api.cli", "serve", "--port", str(port),
            "--max-model-len", "1024", "--kv-cache-memory", "96MiB", "--max-num-seqs", "16",
            "--max-body-size", str(MAX_BODY_BYTES), "--log-level", "warning",
+           "--responses-db", str(tmp_path_factory.mktemp("responses") / "responses.sqlite3"),
            # float32: tests compare outputs of repeated requests exactly, and in bfloat16 a
            # prefix-cache hit (a shorter prefill) may round differently and flip a greedy
            # choice.
@@ -92,3 +93,59 @@ def server(tmp_path_factory) -> Iterator[Server]:
 @pytest.fixture(scope="session")
 def client(server):
     return server.client()
+
+
+@pytest.fixture(scope="session")
+def scripted_engine():
+    """An engine stand-in answering with scripted texts (see `scripted_engine.py`)."""
+    from corral.engine.model_files import default_model_dir
+    from corral.engine.tokenizer import load_tokenizer
+
+    from .scripted_engine import ScriptedEngine
+
+    return ScriptedEngine(load_tokenizer(default_model_dir()))
+
+
+@pytest.fixture
+def scripted_app(scripted_engine, tmp_path):
+    """A TestClient factory over the scripted engine; apps share one responses database
+    unless given another path."""
+    from fastapi.testclient import TestClient
+
+    from corral.api import ServerSettings, create_app
+
+    scripted_engine.replies.clear()
+    clients = []
+
+    def make(db: str | None = None, **settings) -> TestClient:
+        path = db or str(tmp_path / "responses.sqlite3")
+        app = create_app(scripted_engine, ServerSettings(responses_db=path, **settings))
+        clients.append(TestClient(app, raise_server_exceptions=False))
+        return clients[-1]
+
+    yield make
+    for c in clients:
+        c.app.state.corral.responses.close()
+
+
+@pytest.fixture
+def live_scripted(scripted_app):
+    """A live uvicorn server (on a thread) over the scripted engine: its base URL."""
+    import threading
+
+    import uvicorn
+
+    app = scripted_app().app
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            pytest.fail("uvicorn did not start")
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
