@@ -1,7 +1,8 @@
 """Build Corral's model from a checkpoint folder: config, weights (fused at load), or dummy.
 
 Checkpoint names follow the Hugging Face layout (`model.layers.N.self_attn.q_proj.weight`
-...). q/k/v are written into slices of the fused `qkv_proj`, gate/up into `gate_up_proj`.
+...). q/k/v are written into slices of the fused `qkv_proj`, gate/up into `gate_up_proj`;
+a MoE layer's `mlp.experts.E.{gate,up,down}_proj` into expert E of the stacked `w13`/`w2`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from corral.grammars.param_error import ParamError
 
 from .attention import AttentionBackend
 from .models.llama import LlamaForCausalLM
+from .models.registry import model_class
 from .tensor_parallel import TensorParallel
 
 logger = logging.getLogger(__name__)
@@ -55,9 +57,19 @@ SHAPES: dict[str, dict] = {
         max_position_embeddings=8192, tie_word_embeddings=True,
         rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
     ),
+    # 128 experts, 8 per token, every layer sparse (intermediate_size: the unused dense width).
+    "qwen3-30b-a3b": dict(
+        model_type="qwen3_moe", hidden_size=2048, intermediate_size=6144,
+        moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8,
+        norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], num_hidden_layers=48,
+        num_attention_heads=32, num_key_value_heads=4, head_dim=128, rms_norm_eps=1e-6,
+        max_position_embeddings=40960, tie_word_embeddings=False, attention_bias=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    ),
 }
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)_proj\.(weight|bias)$")
+_EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
 
 
 def load_config(model_dir: Path, shape: str | None, vocab_size: int | None):
@@ -76,7 +88,7 @@ def build_model(config, backend: AttentionBackend, max_position: int, dtype: tor
                 device: torch.device, tp: TensorParallel | None = None) -> LlamaForCausalLM:
     """An uninitialised model of the config's shape (this rank's shard of it) on `device`."""
     with torch.device("meta"):
-        model = LlamaForCausalLM(config, backend, max_position, tp)
+        model = model_class(config)(config, backend, max_position, tp)
     model = model.to_empty(device=device).to(dtype).eval()
     model.rotary.reset(device)
     return model
@@ -103,6 +115,8 @@ def load_weights(model: LlamaForCausalLM, model_dir: Path) -> None:
 # How a checkpoint tensor maps onto this rank: (dim, first index, length) of its slice, or
 # None for a tensor every rank holds whole.
 Shard = tuple[int, int, int] | None
+# Where it goes in our parameter: the first row, or (expert, first row) in a stacked one.
+Offset = int | tuple[int, int]
 _VOCAB_PARAMS = ("embed_tokens.weight", "lm_head.weight")
 
 
@@ -111,21 +125,29 @@ def load_named_tensors(model: LlamaForCausalLM, tensors: Iterable[tuple[str, Any
     """Copy (checkpoint name, tensor) pairs in the HF layout into the model. A "tensor" may
     be anything sliced like one (a safetensors slice reads only the rows it is asked for)."""
     params = dict(model.named_parameters())
-    loaded: set[str] = set()
+    loaded: dict[str, int] = {}  # parameter -> rows written (of all experts when stacked)
     for name, tensor in tensors:
         target, offset, shard = _target_of(model, name)
         if target is None or target not in params:
             continue
         part = _take(tensor, shard)
-        param = params[target]
+        dest = params[target].data
+        if isinstance(offset, tuple):
+            expert, offset = offset
+            dest = dest[expert]
         with torch.no_grad():
-            param.data[offset : offset + part.shape[0]].copy_(part.to(param.dtype))
+            dest[offset : offset + part.shape[0]].copy_(part.to(dest.dtype))
             if target in _VOCAB_PARAMS:  # the last rank's padding rows, never read back
-                param.data[part.shape[0] :].zero_()
-        loaded.add(target)
-    missing = [n for n in params if n not in loaded]
+                dest[part.shape[0] :].zero_()
+        loaded[target] = loaded.get(target, 0) + part.shape[0]
+    missing = [n for n in params if n not in loaded
+               or (_is_stacked(n) and loaded[n] < params[n].shape[0] * params[n].shape[1])]
     if missing:
         raise ParamError("model", f"{source} lacks weights for {missing[:5]}")
+
+
+def _is_stacked(param_name: str) -> bool:
+    return param_name.endswith((".experts.w13", ".experts.w2"))
 
 
 def _take(tensor: Any, shard: Shard) -> torch.Tensor:
@@ -137,9 +159,9 @@ def _take(tensor: Any, shard: Shard) -> torch.Tensor:
     return torch.as_tensor(tensor[:, first : first + length])
 
 
-def _target_of(model: LlamaForCausalLM, name: str) -> tuple[str | None, int, Shard]:
-    """Map a checkpoint tensor name to (our parameter name, row offset in it, the slice of
-    the checkpoint tensor this rank holds)."""
+def _target_of(model: LlamaForCausalLM, name: str) -> tuple[str | None, Offset, Shard]:
+    """Map a checkpoint tensor name to (our parameter name, where it goes in it, the slice
+    of the checkpoint tensor this rank holds)."""
     vocab_first, vocab_rows = model.first_vocab_row, model.embed_tokens.num_embeddings
     vocab_shard = (0, vocab_first, max(min(vocab_rows, model.vocab_size - vocab_first), 0))
     if name.startswith("lm_head.") and model.tie_word_embeddings:
@@ -150,6 +172,9 @@ def _target_of(model: LlamaForCausalLM, name: str) -> tuple[str | None, int, Sha
         return "embed_tokens.weight", 0, vocab_shard
     if name.startswith("model.norm."):
         return name[len("model."):], 0, None
+    m = _EXPERT.match(name)
+    if m is not None:
+        return _expert_target(model, int(m[1]), int(m[2]), m[3])
     m = _LAYER.match(name)
     if m is None:
         if name.startswith("model.layers.") and "rotary_emb" not in name:
@@ -176,6 +201,19 @@ def _target_of(model: LlamaForCausalLM, name: str) -> tuple[str | None, int, Sha
         shard = (1, rank * mlp.intermediate_size, mlp.intermediate_size)
         return f"{prefix}down_proj.{kind}", 0, shard
     return f"{prefix}{proj}_proj.{kind}", 0, None
+
+
+def _expert_target(model: LlamaForCausalLM, layer: int, expert: int,
+                   proj: str) -> tuple[str, Offset, Shard]:
+    """Expert `expert`'s gate/up rows (into w13) or down columns (into w2), this rank's
+    intermediate channels of them."""
+    experts = model.layers[layer].mlp.experts
+    inter = experts.intermediate_size
+    prefix = f"layers.{layer}.mlp.experts."
+    if proj == "down":
+        return prefix + "w2", (expert, 0), (1, model.tp.rank * inter, inter)
+    offset = 0 if proj == "gate" else inter
+    return prefix + "w13", (expert, offset), (0, model.tp.rank * inter, inter)
 
 
 def init_dummy_weights(model: LlamaForCausalLM, seed: int) -> None:

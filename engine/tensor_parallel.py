@@ -90,3 +90,5 @@ def check_tensor_parallel(config: Any, size: int) -> None:
     probe.split(config.num_attention_heads, "attention heads")
     probe.kv_heads(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
     probe.split(config.intermediate_size, "intermediate size")
+    if getattr(config, "moe_intermediate_size", None):
+        probe.split(config.moe_intermediate_size, "MoE intermediate size")

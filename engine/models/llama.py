@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from corral.grammars.param_error import ParamError
 from corral.kernels.rms_norm import rms_norm
 from corral.kernels.rotary_embedding import rotary_embedding
 from corral.kernels.silu_and_mul import silu_and_mul
@@ -26,13 +25,7 @@ from ..attention import AttentionBackend, AttentionMetadata
 from ..tensor_parallel import TensorParallel
 from .rotary import RotaryEmbedding
 
-SUPPORTED_ARCHITECTURES = {
-    "llama": "LlamaForCausalLM",
-    "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM",
-    "qwen3": "Qwen3ForCausalLM",
-}
-QK_NORM_ARCHITECTURES = {"qwen3"}  # RMSNorm over each head of q and k
+QK_NORM_ARCHITECTURES = {"qwen3", "qwen3_moe"}  # RMSNorm over each head of q and k
 
 
 class RMSNorm(nn.Module):
@@ -103,10 +96,10 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     def __init__(self, config, layer_idx: int, rotary: RotaryEmbedding,
-                 backend: AttentionBackend, tp: TensorParallel):
+                 backend: AttentionBackend, tp: TensorParallel, mlp: nn.Module):
         super().__init__()
         self.self_attn = Attention(config, layer_idx, rotary, backend, tp)
-        self.mlp = MLP(config, tp)
+        self.mlp = mlp  # [T, hidden] -> [T, hidden], all-reduced
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
@@ -125,17 +118,14 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """The model: token ids and positions of a flattened batch in, hidden states out."""
+    """The model: token ids and positions of a flattened batch in, hidden states out.
+
+    Subclasses change a layer's MLP through `make_mlp` (Qwen3-MoE's sparse experts)."""
 
     def __init__(self, config, backend: AttentionBackend, max_position: int,
                  tp: TensorParallel | None = None):
         super().__init__()
         tp = tp or TensorParallel()
-        if config.model_type not in SUPPORTED_ARCHITECTURES:
-            raise ParamError(
-                "model", f"architecture {config.model_type!r} is not supported "
-                f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-            )
         self.config = config
         self.vocab_size = config.vocab_size
         head_dim = getattr(config, "head_dim", None) or (
@@ -146,13 +136,17 @@ class LlamaForCausalLM(nn.Module):
         self.first_vocab_row, vocab_rows = tp.vocab_rows(config.vocab_size)
         self.embed_tokens = nn.Embedding(vocab_rows, config.hidden_size)
         self.layers = nn.ModuleList(
-            DecoderLayer(config, i, self.rotary, backend, tp)
+            DecoderLayer(config, i, self.rotary, backend, tp, self.make_mlp(config, i, tp))
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.tie_word_embeddings = bool(getattr(config, "tie_word_embeddings", False))
         if not self.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, vocab_rows, bias=False)
+
+    def make_mlp(self, config, layer_idx: int, tp: TensorParallel) -> nn.Module:
+        """Layer `layer_idx`'s MLP: the dense SwiGLU."""
+        return MLP(config, tp)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
