@@ -106,6 +106,18 @@ def scripted_engine():
     return ScriptedEngine(load_tokenizer(default_model_dir()))
 
 
+@pytest.fixture(scope="session")
+def qwen3_scripted_engine(model_families_dir, tmp_path_factory):
+    """A scripted engine with Qwen3's tokenizer and template (it reasons in <think>)."""
+    from ..tools.families import load_tokenizer, unpack_tokenizer
+    from .scripted_engine import ScriptedEngine
+
+    path = unpack_tokenizer(model_families_dir, "qwen3", tmp_path_factory.mktemp("qwen3"))
+    engine = ScriptedEngine(load_tokenizer(path))
+    engine.model_name = "qwen3-tiny"
+    return engine
+
+
 @pytest.fixture
 def scripted_app(scripted_engine, tmp_path):
     """A TestClient factory over the scripted engine; apps share one responses database

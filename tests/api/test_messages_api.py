@@ -246,13 +246,14 @@ def test_anthropic_client_against_a_live_server(live_scripted, scripted_engine):
 
 def post(server, **body) -> httpx.Response:
     return httpx.post(server.v1 + "/messages",
-                      json={"model": "", "temperature": 0, "max_tokens": 60, "messages": ASK,
+                      json={"model": "", "temperature": 0, "max_tokens": 40, "messages": ASK,
                             **body},
                       headers={"x-api-key": server.api_key}, timeout=300)
 
 
-@pytest.mark.parametrize("tool_choice", [{"type": "any"}, {"type": "tool", "name": "get_time"},
-                                         {"type": "auto"}])
+@pytest.mark.parametrize("tool_choice", [
+    {"type": "any", "disable_parallel_tool_use": True}, {"type": "tool", "name": "get_time"},
+    {"type": "auto", "disable_parallel_tool_use": True}])
 def test_model_tool_inputs_are_valid_for_each_tool_choice(server, tool_choice):
     r = post(server, tools=[WEATHER, TIME], tool_choice=tool_choice)
     assert r.status_code == 200, r.text
@@ -272,3 +273,24 @@ def test_model_stream_joins_to_the_message(server):
     assert without_ids(assemble(events)) == without_ids(full)
     assert post(server, tools=[WEATHER], tool_choice={"type": "none"},
                 max_tokens=10).json()["content"][0]["type"] == "text"
+
+
+def test_reasoning_becomes_a_thinking_block(qwen3_scripted_engine):
+    from anthropic.types import Message
+    from fastapi.testclient import TestClient
+
+    from corral.api import ServerSettings, create_app
+
+    engine = qwen3_scripted_engine
+    c = TestClient(create_app(engine, ServerSettings(responses_db=":memory:")))
+    text = "<think>\nA short answer will do.\n</think>\n\nIt is sunny."
+    engine.script(text, text)
+    body = create(c)
+    m = Message.model_validate(body)
+    assert [b.type for b in m.content] == ["thinking", "text"]
+    assert m.content[0].thinking == "A short answer will do." and m.content[1].text == \
+        "It is sunny."
+    events = create(c, stream=True)
+    assert [e["delta"]["type"] for n, e in events if n == "content_block_delta"][0] == \
+        "thinking_delta"
+    assert without_ids(assemble(events)) == without_ids(body)

@@ -290,7 +290,8 @@ def post(server, **body) -> httpx.Response:
                                          "auto"])
 def test_model_calls_are_valid_for_each_tool_choice(server, tool_choice):
     r = post(server, input="What is the weather like in Paris right now?",
-             tools=[WEATHER, TIME], tool_choice=tool_choice, max_output_tokens=60)
+             tools=[WEATHER, TIME], tool_choice=tool_choice, max_output_tokens=40,
+             parallel_tool_calls=False)
     assert r.status_code == 200, r.text
     calls = [item for item in r.json()["output"] if item["type"] == "function_call"]
     if tool_choice != "auto":
@@ -326,3 +327,31 @@ def test_model_tools_with_a_response_format(server):
             jsonschema.validate(json.loads(item["arguments"]), WEATHER_SCHEMA)
         else:
             jsonschema.validate(json.loads(item["content"][0]["text"]), PERSON)
+
+
+def test_reasoning_becomes_a_reasoning_item(qwen3_scripted_engine):
+    from fastapi.testclient import TestClient
+
+    from corral.api import ServerSettings, create_app
+
+    engine = qwen3_scripted_engine
+    c = TestClient(create_app(engine, ServerSettings(responses_db=":memory:")))
+    text = f"<think>\nThe user wants a call.\n</think>\n\n{CALL_TEXT}"
+    engine.script(text, text)
+    body = create(c, input="Weather in Paris?", tools=[WEATHER], reasoning={"effort": "low"})
+    reasoning, call = body["output"]
+    assert reasoning["type"] == "reasoning" and reasoning["summary"] == []
+    assert reasoning["content"] == [{"type": "reasoning_text", "text": "The user wants a call."}]
+    assert call["type"] == "function_call" and json.loads(call["arguments"]) == {"city": "Paris"}
+    assert body["reasoning"]["effort"] == "low"
+    events = create(c, stream=True, input="Weather in Paris?", tools=[WEATHER])
+    assert kinds(events)[2:8] == [
+        "response.output_item.added", "response.content_part.added",
+        "response.reasoning_text.delta", "response.reasoning_text.done",
+        "response.content_part.done", "response.output_item.done"]
+    assert without_ids(check_stream(events)["output"]) == without_ids(body["output"])
+    # Sent back, the reasoning item is the next assistant turn's reasoning.
+    create(c, input=[{"role": "user", "content": "Weather in Paris?"}, *body["output"],
+                     {"type": "function_call_output", "call_id": call["call_id"],
+                      "output": "sunny"}], tools=[WEATHER])
+    assert "The user wants a call." in engine.last_prompt()
