@@ -73,6 +73,9 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
                                            "matches from the prompt and output (and "
                                            "grammar-forced tokens)"),
     ("--num-speculative-tokens", int, None, "most drafts per sequence and step (default 4)"),
+    ("--completion-workers", int, None, "worker processes searching the ways out of "
+                                        "constrained outputs near max_tokens (default: "
+                                        "1-4 on CUDA, 0 on the CPU)"),
     ("--device", str, None, "auto, cpu or cuda[:N]"),
     ("--dtype", str, None, "auto, float32, bfloat16 or float16"),
     ("--load-format", str, None, "auto, or dummy (random weights, for benchmarks)"),

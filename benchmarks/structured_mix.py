@@ -184,6 +184,8 @@ def main() -> None:
                     help="let max_tokens cut constrained outputs (close_structures off)")
     ap.add_argument("--fast-forward", action="store_true",
                     help="verify the tokens grammars force ahead, several per forward pass")
+    ap.add_argument("--completion-workers", type=int, default=None,
+                    help="worker processes for completion searches (default: the engine's)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -192,7 +194,7 @@ def main() -> None:
               shape=args.shape, load_format=args.load_format, max_num_seqs=max(levels),
               max_model_len=args.max_model_len, enable_prefix_caching=False,
               grammar_backend=args.grammar_backend,
-              fast_forward=args.fast_forward)
+              fast_forward=args.fast_forward, completion_workers=args.completion_workers)
     engine = llm.engine
 
     compiles = compile_check(engine)
@@ -235,11 +237,13 @@ def main() -> None:
         cache_hits = store.hits - hits0
         closer = engine.closer
         print(f"  {level} in flight: completion searches {closer.num_searches} "
-              f"({closer.search_seconds:.2f} s), outputs closed at the limit "
+              f"({closer.num_pooled} in workers; {closer.search_seconds:.2f} s on the engine "
+              f"thread), outputs closed at the limit "
               f"{closer.num_closed} (tokens taken back {closer.num_taken_back}, appended "
               f"{closer.num_appended}), cut with no valid end found {closer.num_unclosed}",
               flush=True)
         closer.num_searches, closer.search_seconds, closer.num_closed = 0, 0.0, 0
+        closer.num_pooled = closer.num_deferred = 0
         closer.num_taken_back = closer.num_appended = closer.num_unclosed = 0
         cache_share = cache_hits / max(cache_hits + store.misses - misses0, 1)
         lengths = [len(o.outputs[0].token_ids) if o and not o.error else 0 for o in outs]

@@ -26,7 +26,9 @@ class EngineConfig:
     sequence and step (what the grammar forces, then n-gram matches in the prompt and
     output) and verifies them in one forward pass; `fast_forward` alone drafts only the
     tokens grammars force. `overlap_grammar` (None: on for CUDA) fills grammar masks on a
-    worker thread while the engine thread goes on.
+    worker thread while the engine thread goes on. `completion_workers` (None: a quarter
+    of the host's cores, 1 to 4, for CUDA; 0 for the CPU) is the number of worker processes
+    that search the ways out of constrained outputs near their token limit.
     `tensor_parallel_size` splits the model over that many ranks (one process per GPU),
     `nnodes` machines with as many ranks each; node 0 runs the engine, the others only
     workers (`node_rank` > 0). They meet at `master_addr:master_port` (None: a free port,
@@ -59,6 +61,7 @@ class EngineConfig:
     speculative: str | None = None
     num_speculative_tokens: int = 4
     overlap_grammar: bool | None = None
+    completion_workers: int | None = None
     tensor_parallel_size: int = 1
     nnodes: int = 1
     node_rank: int = 0
@@ -88,6 +91,9 @@ class EngineConfig:
               "must be auto, cpu or cuda[:N]")
         check(self.attention_backend in ("auto", "torch", "triton"), "attention_backend",
               "must be auto, torch or triton")
+        check(self.completion_workers is None or (isinstance(self.completion_workers, int)
+              and 0 <= self.completion_workers <= 64), "completion_workers",
+              "must be None or an integer in 0..64")
         check(self.speculative in (None, "ngram"), "speculative", "must be None or 'ngram'")
         check(isinstance(self.num_speculative_tokens, int)
               and 1 <= self.num_speculative_tokens <= 16, "num_speculative_tokens",

@@ -111,7 +111,7 @@ class LLMEngine:
         self.stop_checker = StopChecker(self.eos_token_ids, self.max_model_len,
                                         self.scheduler, self.stats)
         self.closer = StructureCloser(lambda: self.grammar.completion_vocab(),
-                                      self.max_model_len)
+                                      self.max_model_len, self._completion_pool(on_gpu))
         self.proposer = DraftProposer(config.num_speculative_tokens, self.eos_token_ids)
         self.requests: dict[str, Request] = {}
         self._seq_ids = itertools.count()
@@ -167,6 +167,17 @@ class LLMEngine:
             if self._grammar is None:
                 self._grammar = self._make_grammar_compiler()
         return self._grammar
+
+    def _completion_pool(self, on_gpu: bool):
+        """Worker processes for the structure closer's searches (None: on this thread)."""
+        from corral.grammars.completion_pool import CompletionSearchPool, default_num_workers
+
+        workers = self.config.completion_workers
+        workers = default_num_workers(on_gpu) if workers is None else workers
+        if not workers:
+            return None
+        return CompletionSearchPool(self.tokenizer, self.vocab_size, self.eos_token_ids,
+                                    workers)
 
     def _make_grammar_compiler(self):
         from corral.grammars import GrammarCompiler
@@ -586,6 +597,8 @@ class LLMEngine:
 
     def shutdown(self) -> None:
         self.grammar_step.shutdown()
+        if self.closer.pool is not None:
+            self.closer.pool.shutdown()
         if self._grammar is not None:
             self._grammar.shutdown()
         self.runner.shutdown()

@@ -73,6 +73,12 @@ class Sequence:
         self.completion_at = 0
         self.completion_checked_at = 0
         self.stale_searched_at = 0  # tokens past `completion_at` at the last search
+        # A deferred completion search (its answer is taken a few checks later): the
+        # future, and the tokens and text length when it started.
+        self.search_future: Any = None
+        self.search_checks = 0  # checks since it started
+        self.search_at = 0
+        self.search_text_length = 0
         # Near the limit the closer may take tokens back, but never ones a stream has seen:
         # from its first check there (`close_floor`, every token before it was out) the
         # output shown is held at the point it may roll back to: `shown_tokens` tokens and

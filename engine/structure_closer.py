@@ -23,14 +23,24 @@ Work is bounded: nothing is computed while the limit is far (how far depends on 
 completion's length: a longer one needs more time to be re-found); in the watch zone the kept
 completion is re-checked from the new state each step (one native call, so the output shown
 keeps up with the model), its tails now and then, and only a completion that no longer
-applies triggers a search; searches that can wait run one per engine step, entering the
+applies triggers a search; searches that can wait run a few per engine step, entering the
 zone included.
+
+A search that can wait is *deferred*: it starts from the state after this step and its
+answer is taken two checks later (at once if the end comes near), as a completion found
+that many steps back (the output shown and any roll back count from there). With a
+`CompletionSearchPool` it runs in a worker process while the engine goes on (the check it
+is due at waits for it if it is late); without one it runs at once on the engine thread.
+Either way the same completion is taken at the same step, so outputs do not depend on
+where, or how fast, searches ran. Searches that cannot wait (the end is a few tokens away)
+run at once and apply at once.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 from .sequence import Sequence
@@ -46,6 +56,9 @@ NEAR_END = 8  # tokens left at which a changed structure is searched for (each s
 STALE_SEARCH = 24  # tokens since the kept completion at which a changed structure is too
 RETRY_EVERY = 4  # steps between searches while no way out is known (the output waits)
 SEARCHES_PER_STEP = 1  # searches per engine step that could wait (the end is not near)
+SEARCHES_PER_WORKER = 2  # ... with a pool of worker processes: this many per worker
+DEFER_CHECKS = 2  # checks (engine steps) after which a deferred search's answer is taken
+SEARCH_WAIT_S = 5.0  # longest wait for a deferred search's answer (then: none found)
 NODE_BUDGET = 48  # search nodes per completion search on the engine's loop, at least
 MAX_NODE_BUDGET = 192  # ... at most: twice the kept completion's length (a longer way out
 # needs a larger search; a failed one costs a roll back past every token since)
@@ -56,10 +69,19 @@ NO_COMPLETION_LIMIT = 256  # budgets a grammar with no start completion found en
 class StructureCloser:
     """Keeps each constrained sequence's completion and forces it when needed."""
 
-    def __init__(self, vocab: Callable[[], Any], max_model_len: int) -> None:
+    def __init__(self, vocab: Callable[[], Any], max_model_len: int,
+                 pool: Any = None) -> None:
         self.vocab = vocab  # the compiler's CompletionVocab, built on first use
         self.max_model_len = max_model_len
+        # A CompletionSearchPool, or None (deferred searches run on the engine thread). The
+        # searches per step follow from the configuration, never from the pool's state, so
+        # that a run's outputs do not depend on how soon its workers came up.
+        self.pool = pool
+        self.searches_per_step = (SEARCHES_PER_STEP if pool is None
+                                  else SEARCHES_PER_WORKER * pool.num_workers)
         self.num_searches = 0
+        self.num_deferred = 0  # searches deferred to the next check
+        self.num_pooled = 0  # ... of them, run in a worker process
         self.search_seconds = 0.0
         self.num_closed = 0
         self._searches_this_step = 0
@@ -101,6 +123,7 @@ class StructureCloser:
         if seq.is_finished or not self.applies(seq):
             return
         left = self.tokens_left(seq)
+        self._collect(seq, left)
         kept = seq.completion
         if left > (FAR if kept is None else min(FAR, WATCH + 2 * len(kept))):
             return
@@ -109,11 +132,14 @@ class StructureCloser:
             kept = seq.completion
         since_check = seq.num_tokens - seq.completion_checked_at
         if kept is None:  # no way out known yet (the output shown waits): look when allowed
-            if left <= NEAR_END or (since_check >= RETRY_EVERY and self._may_search()):
+            if left <= NEAR_END:
                 seq.completion_checked_at = seq.num_tokens
                 found = self._search(seq, left)
                 if found is not None:
                     self._keep_or_close(seq, found, left, stop_checker)
+            elif since_check >= RETRY_EVERY and self._may_search():
+                seq.completion_checked_at = seq.num_tokens
+                self._defer_search(seq, left)
             return
         margin = left - len(kept)
         every = 1 if margin <= NEAR else (4 if margin <= SLACK else REFRESH_EVERY)
@@ -139,9 +165,10 @@ class StructureCloser:
                                 < STALE_SEARCH or not self._may_search()):
             return
         seq.stale_searched_at = since
+        if left > NEAR_END:  # the kept completion still stands meanwhile
+            self._defer_search(seq, left)
+            return
         found = self._search(seq, left) if left > 0 else None
-        if found is None and left > NEAR_END:
-            return  # try again later; the kept completion still stands
         if found is not None:
             self._keep_or_close(seq, found, left, stop_checker)
             return
@@ -152,9 +179,64 @@ class StructureCloser:
         self._searches_this_step = 0
 
     def _may_search(self) -> bool:
-        """Whether a search that can wait (the end is not near) may run this step: one
-        per step, so that a step's host work stays short; the others run in later steps."""
-        return self._searches_this_step < SEARCHES_PER_STEP
+        """Whether a search that can wait (the end is not near) may start this step: a few
+        per step, so that a step's host work stays short; the others start in later steps.
+        Never a second one for a sequence whose last one is still out."""
+        return self._searches_this_step < self.searches_per_step
+
+    def _defer_search(self, seq: Sequence, left: int) -> None:
+        """Search from the state after this step; the answer is taken `DEFER_CHECKS`
+        checks later."""
+        if seq.search_future is not None:
+            return
+        seq.search_checks = 0
+        self._searches_this_step += 1
+        self.num_deferred += 1
+        seq.search_at = seq.num_tokens
+        seq.search_text_length = len(seq.detokenizer.text)
+        budget = self._budget(seq)
+        matcher = seq.matcher
+        grammar = seq.request.compiled_grammar
+        if (self.pool is not None and self.pool.ready and grammar is not None
+                and matcher.num_accepted == seq.num_output_tokens):
+            tokens = seq.token_ids[seq.num_prompt_tokens:]
+            try:
+                seq.search_future = self.pool.submit(grammar.kind, grammar.text,
+                                                     grammar.backend, tokens, left, budget)
+                self.num_pooled += 1
+                return
+            except Exception:  # noqa: BLE001 - a broken pool: search here from now on
+                self.pool = None
+        done: Future = Future()
+        done.set_result(self._search(seq, left, budget, count=False))
+        seq.search_future = done
+
+    def _collect(self, seq: Sequence, left: int) -> None:
+        """Take the answer of the sequence's deferred search when it is due (or the end is
+        near): keep it as a completion found where the search started (unless a later one
+        is kept). Waits for a late answer, so the step it is taken at never depends on
+        how fast it came."""
+        future = seq.search_future
+        if future is None:
+            return
+        seq.search_checks += 1
+        if seq.search_checks < DEFER_CHECKS and left > NEAR_END:
+            return
+        seq.search_future = None
+        start = time.perf_counter()
+        try:
+            found = future.result(timeout=SEARCH_WAIT_S)
+        except Exception:  # noqa: BLE001 - late or failed: as if none was found
+            found = None
+        self.num_searches += 1
+        self.search_seconds += time.perf_counter() - start
+        at = seq.search_at
+        if found is None or at < (seq.close_floor or 0) or seq.num_tokens < at:
+            return
+        if seq.completion is not None and seq.completion_at > at:
+            return
+        self._keep(seq, found, at, seq.search_text_length)
+        seq.completion_checked_at = -1  # checked from the current state this step
 
     def _keep_or_close(self, seq: Sequence, completion: list[int], left: int,
                        stop_checker: StopChecker) -> None:
@@ -205,13 +287,18 @@ class StructureCloser:
         if not seq.is_finished:
             stop_checker.finish(seq, "stop")
 
-    def _keep(self, seq: Sequence, completion: list[int]) -> None:
+    def _keep(self, seq: Sequence, completion: list[int], at: int | None = None,
+              text_length: int | None = None) -> None:
+        """Keep `completion` as applying after the first `at` tokens (default: all), where
+        the text was `text_length` characters long."""
+        at = seq.num_tokens if at is None else at
         seq.completion = completion
-        seq.completion_at = seq.num_tokens
+        seq.completion_at = at
         seq.stale_searched_at = 0
         if seq.close_floor is not None:  # a roll back lands here at the earliest: show it
-            seq.shown_tokens = seq.num_tokens
-            seq.shown_text_length = len(seq.detokenizer.text)
+            seq.shown_tokens = at
+            seq.shown_text_length = (len(seq.detokenizer.text) if text_length is None
+                                     else text_length)
 
     def _enter_zone(self, seq: Sequence, left: int) -> None:
         """The first check near the limit. Tokens up to here may have been streamed, so a
@@ -225,23 +312,30 @@ class StructureCloser:
         still = self._still_applies(seq, left) if kept is not None else None
         # The search waits for a later step's turn only while the limit is still far.
         urgent = left <= SLACK + (len(kept) if kept is not None else 0)
-        if still is None and (urgent or self._may_search()):
+        if still is None and urgent:
             still = self._search(seq, left)
         seq.completion = None  # a way out found before the floor cannot be used
         if still is not None:
             self._keep(seq, still)
+        elif self._may_search():
+            self._defer_search(seq, left)
 
-    def _search(self, seq: Sequence, max_tokens: int, budget: int | None = None
-                ) -> list[int] | None:
+    @staticmethod
+    def _budget(seq: Sequence) -> int:
+        kept = len(seq.completion) if seq.completion is not None else 0
+        return min(max(NODE_BUDGET, 2 * kept), MAX_NODE_BUDGET)
+
+    def _search(self, seq: Sequence, max_tokens: int, budget: int | None = None,
+                count: bool = True) -> list[int] | None:
+        """Search now, on this thread (counted as a search unless `count` is False: a
+        deferred one counts when its answer is taken)."""
         from corral.grammars.completion import shortest_completion
 
         start = time.perf_counter()
-        kept = len(seq.completion) if seq.completion is not None else 0
-        if budget is None:
-            budget = min(max(NODE_BUDGET, 2 * kept), MAX_NODE_BUDGET)
         found = shortest_completion(seq.matcher, max_tokens, vocab=self.vocab(),
-                                    node_budget=budget)
-        self.num_searches += 1
-        self._searches_this_step += 1
+                                    node_budget=self._budget(seq) if budget is None else budget)
+        if count:
+            self.num_searches += 1
+            self._searches_this_step += 1
         self.search_seconds += time.perf_counter() - start
         return found

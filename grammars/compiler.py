@@ -137,6 +137,12 @@ class GrammarCompiler:
         pool.submit(self._compile_now, resolved, key).add_done_callback(done)
         return outer
 
+    def matcher_factory(self, spec: GrammarSpec):
+        """Compile `spec` (resolved, with its backend) now, on this thread, without the
+        cache, the deadline or the start completion: a factory of fresh matchers. For
+        processes that replay an engine's matchers (completion searches)."""
+        return self._backend(spec.backend).compile(spec)
+
     def drain_compile_times(self) -> list[float]:
         """The compile seconds of every backend since the last drain; the samples are cleared.
 

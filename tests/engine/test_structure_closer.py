@@ -140,3 +140,38 @@ def test_shown_output_is_never_taken_back(llm, tokenizer, schemas):
                 assert last.text.startswith(part.text), (request_id, part.text, last.text)
                 assert last.token_ids[: len(part.token_ids)] == part.token_ids
     assert engine.closer.num_taken_back > taken_back  # the closer did take tokens back
+
+
+def test_searches_in_worker_processes_close_the_same_way(llm, tokenizer, schemas):
+    """Deferred completion searches run in worker processes give the outputs of searches
+    run on the engine thread: the same completions, taken at the same steps."""
+    import time
+
+    from corral.grammars.completion_pool import CompletionSearchPool
+
+    engine = llm.engine
+    prompts = [_chat(tokenizer, "Reply with JSON valid against: "
+                     + json.dumps(s, separators=(",", ":"))[:2000]) for s in schemas]
+    params = [SamplingParams(temperature=0, max_tokens=48,
+                             structured_outputs=StructuredOutputsParams(json=s))
+              for s in schemas]
+    closer = engine.closer
+    deferred = closer.num_deferred
+    inline = llm.generate(prompts, params)
+    assert closer.num_deferred > deferred  # deferred searches ran (on this thread)
+    pool = CompletionSearchPool(engine.tokenizer, engine.vocab_size, engine.eos_token_ids, 1)
+    try:
+        deadline = time.monotonic() + 120
+        while not pool.ready and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert pool.ready
+        closer.pool, pooled = pool, closer.num_pooled
+        pooled_out = llm.generate(prompts, params)
+        assert closer.num_pooled > pooled  # ... and now in the worker
+    finally:
+        closer.pool = None
+        pool.shutdown()
+    for x, y in zip(inline, pooled_out, strict=True):
+        assert x.outputs[0].token_ids == y.outputs[0].token_ids
+        assert x.outputs[0].finish_reason == y.outputs[0].finish_reason
+    assert not engine.has_unfinished_requests()

@@ -1,0 +1,110 @@
+"""Completion searches in worker processes, beside the engine's loop instead of on it.
+
+A search for the shortest way out of a grammar (`completion.py`) is half Python, half native
+matcher calls: on a thread it would hold the GIL the engine thread needs, so near the token
+limit of a large batch the searches of one step cost the engine several milliseconds. A
+worker process runs them in parallel instead. Each worker compiles the grammars it is asked
+about (cached by their canonical text), replays the sequence's accepted tokens on a fresh
+matcher and searches from there with the same candidate vocabulary and node budget as the
+engine thread would: the answer is the same, only computed elsewhere.
+
+Workers are spawned (the engine process may hold a CUDA context) and built in the
+background; `ready` says when every worker has answered its first call. A worker that
+dies breaks the pool: `submit` then raises `BrokenProcessPool` and the caller searches
+inline.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+__all__ = ["CompletionSearchPool", "default_num_workers"]
+
+MAX_CACHED_GRAMMARS = 256  # compiled grammars kept per worker (least recently used out)
+
+
+def default_num_workers(on_gpu: bool) -> int:
+    """Workers a GPU engine gets by default: a quarter of the host's cores, 1 to 4. On the
+    CPU the model's own threads need the cores, so searches stay on the engine thread."""
+    if not on_gpu:
+        return 0
+    return max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
+class CompletionSearchPool:
+    """`num_workers` processes answering `shortest_completion` calls for one tokenizer."""
+
+    def __init__(self, tokenizer: Any, vocab_size: int, eos_token_ids: Sequence[int],
+                 num_workers: int, json_whitespace: str | None = None) -> None:
+        if not isinstance(num_workers, int) or num_workers < 1:
+            raise ValueError(f"num_workers must be a positive integer (got {num_workers!r})")
+        self.num_workers = num_workers
+        self._pool = ProcessPoolExecutor(
+            num_workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(tokenizer, vocab_size, list(eos_token_ids), json_whitespace))
+        # One warm-up call per worker: each builds its tokenizer tables and candidate
+        # vocabulary before the first real search comes.
+        self._warm = [self._pool.submit(_warm_up) for _ in range(num_workers)]
+
+    @property
+    def ready(self) -> bool:
+        """Whether the workers are built (a failed start never becomes ready)."""
+        return all(f.done() and f.exception() is None for f in self._warm)
+
+    def submit(self, kind: str, text: str, backend: str, tokens: list[int], max_tokens: int,
+               node_budget: int) -> Future:
+        """Search from the state after `tokens` of the grammar (`kind`, `text`, `backend`):
+        a future of the completion (token ids) or None, as `shortest_completion` returns."""
+        return self._pool.submit(_search, kind, text, backend, tokens, max_tokens, node_budget)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# ---- in the worker ----------------------------------------------------------------------
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer: Any, vocab_size: int, eos_token_ids: list[int],
+                 json_whitespace: str | None) -> None:
+    from corral.grammars.compiler import GrammarCompiler
+
+    _worker["compiler"] = GrammarCompiler(tokenizer, vocab_size, eos_token_ids,
+                                          max_workers=1, json_whitespace=json_whitespace)
+    _worker["factories"] = OrderedDict()
+
+
+def _warm_up() -> int:
+    _worker["compiler"].completion_vocab()
+    return os.getpid()
+
+
+def _search(kind: str, text: str, backend: str, tokens: list[int], max_tokens: int,
+            node_budget: int) -> list[int] | None:
+    from corral.grammars.completion import shortest_completion
+    from corral.grammars.spec import GrammarSpec
+
+    compiler = _worker["compiler"]
+    factories: OrderedDict = _worker["factories"]
+    key = (kind, text, backend)
+    factory = factories.get(key)
+    if factory is None:
+        factory = compiler.matcher_factory(GrammarSpec(kind, text, backend))
+        factories[key] = factory
+        while len(factories) > MAX_CACHED_GRAMMARS:
+            factories.popitem(last=False)
+    else:
+        factories.move_to_end(key)
+    matcher = factory()
+    for token in tokens:
+        if not matcher.accept_token(token):
+            return None  # not the engine's state: no answer rather than a wrong one
+    return shortest_completion(matcher, max_tokens, vocab=compiler.completion_vocab(),
+                               node_budget=node_budget)
