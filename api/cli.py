@@ -100,6 +100,13 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
                                   "':memory:' keeps them until the server stops)"),
     ("--max-body-size", parse_size, DEFAULT_MAX_BODY_BYTES, "largest request body accepted "
                                                             "(413 above)"),
+    ("--max-waiting", int, None, "most requests waiting for the engine (not yet given their "
+                                 "first output); more get HTTP 429 with Retry-After "
+                                 "(default: no bound)"),
+    ("--request-timeout", float, None, "seconds a request may take before it is aborted "
+                                       "with HTTP 504 (default: no limit)"),
+    ("--shutdown-timeout", float, 30.0, "seconds a stopping server (SIGTERM, Ctrl-C) gives "
+                                        "requests in flight before aborting them"),
     ("--log-level", str, "info", "debug, info, warning or error"),
 ]
 
@@ -158,7 +165,10 @@ def serve(args: argparse.Namespace) -> None:
         settings = ServerSettings(api_key=args.api_key, served_model_name=args.served_model_name,
                                   max_body_bytes=args.max_body_size,
                                   tool_call_format=args.tool_call_format,
-                                  responses_db=args.responses_db)
+                                  responses_db=args.responses_db,
+                                  max_waiting=args.max_waiting,
+                                  request_timeout=args.request_timeout,
+                                  shutdown_timeout=args.shutdown_timeout)
         config = EngineConfig(**engine_config_kwargs(args))
     except ValueError as e:
         raise SystemExit(f"corral serve: {e}") from None
@@ -172,6 +182,9 @@ def serve(args: argparse.Namespace) -> None:
     try:
         embedder = Embedder(args.embedding_model) if args.embedding_model else None
         app = create_app(engine, settings, embedder)
+        # After the drain (uvicorn then re-raises the signal that stopped it, so code after
+        # `run` may never execute): the engine stops with the app.
+        app.router.add_event_handler("shutdown", engine.shutdown)
         state = app.state.corral
         kv_tokens = engine.num_kv_blocks * engine.config.block_size
         logger.info("model %s (served as '%s'), max_model_len %d%s", engine.model_name,
@@ -185,7 +198,7 @@ def serve(args: argparse.Namespace) -> None:
         logger.info("serving the OpenAI API at http://%s:%d/v1%s", args.host, args.port,
                     " (API key required)" if settings.api_key else "")
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
-                    timeout_graceful_shutdown=5)
+                    timeout_graceful_shutdown=settings.shutdown_timeout)
     finally:
         engine.shutdown()
 

@@ -35,6 +35,7 @@ class APIError(Exception):
         type: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -42,6 +43,7 @@ class APIError(Exception):
         self.type = type
         self.param = param
         self.code = code
+        self.headers = headers
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,9 +64,11 @@ class APIError(Exception):
 
     def response(self, path: str | None = None) -> JSONResponse:
         """The error as an HTTP response; on an Anthropic route (`path`) in its shape."""
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
+        headers = dict(self.headers or {})
+        if self.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
         body = self.to_anthropic_dict() if is_anthropic_path(path) else self.to_dict()
-        return JSONResponse(body, status_code=self.status, headers=headers)
+        return JSONResponse(body, status_code=self.status, headers=headers or None)
 
     @classmethod
     def from_value_error(cls, err: BaseException, param: str | None = None) -> APIError:
@@ -80,6 +84,7 @@ class APIError(Exception):
 ANTHROPIC_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error",
                          403: "permission_error", 404: "not_found_error",
                          413: "request_too_large", 429: "rate_limit_error", 500: "api_error",
+                         504: "timeout_error",
                          503: "overloaded_error", 529: "overloaded_error"}
 
 

@@ -17,6 +17,7 @@ from corral.engine.outputs import RequestOutput
 from corral.engine.sampling_params import SamplingParams
 from corral.grammars.param_error import ParamError
 
+from .admission import timed_out
 from .errors import APIError
 from .state import ServerState
 
@@ -29,13 +30,22 @@ class ClientDisconnected(Exception):
 
 async def generate(state: ServerState, prompt: str | list[int], params: SamplingParams,
                    request_id: str) -> AsyncIterator[RequestOutput]:
-    """The engine's outputs for one request; a refusal becomes a 400 `APIError`."""
+    """The engine's outputs for one request; a refusal becomes a 400 `APIError`, a full
+    queue a 429 and a request past the server's timeout a 504 (see `admission.py`)."""
+    admission = state.admission
+    admission.admit()
+    waiting = True
     tracker = state.metrics.tracker()
-    stream = state.engine.generate(prompt, params, request_id)
     finished = False
+    stream = state.engine.generate(prompt, params, request_id)
+    outputs = stream if admission.request_timeout is None else \
+        _until(stream, admission.request_timeout)
     try:
         try:
-            async for out in stream:
+            async for out in outputs:
+                if waiting:
+                    waiting = False
+                    admission.started()
                 tracker.update(sum(len(o.token_ids) for o in out.outputs))
                 if out.finished:
                     finished = True
@@ -45,11 +55,38 @@ async def generate(state: ServerState, prompt: str | list[int], params: Sampling
             finished = True
             raise APIError.from_value_error(e) from None
     finally:
+        if waiting:
+            admission.started()
         with contextlib.suppress(Exception):
-            await stream.aclose()
-        if not finished:
+            await outputs.aclose()  # type: ignore[attr-defined]
+        if not finished:  # the client left, an error, or the deadline: free its blocks
             with contextlib.suppress(Exception):
                 await state.engine.abort(request_id)
+
+
+async def _until(stream: AsyncIterator[T], seconds: float) -> AsyncIterator[T]:
+    """`stream`'s items until `seconds` have passed, then a 504 `APIError`."""
+    loop = asyncio.get_running_loop()
+    expiry = loop.create_future()
+    timer = loop.call_later(seconds, lambda: expiry.done() or expiry.set_result(None))
+    try:
+        while True:
+            item = asyncio.ensure_future(stream.__anext__())
+            await asyncio.wait({item, expiry}, return_when=asyncio.FIRST_COMPLETED)
+            if not item.done():
+                item.cancel()
+                with contextlib.suppress(BaseException):
+                    await item
+                raise timed_out(seconds)
+            try:
+                value = item.result()
+            except StopAsyncIteration:
+                return
+            yield value
+    finally:
+        timer.cancel()
+        with contextlib.suppress(Exception):
+            await stream.aclose()  # type: ignore[attr-defined]
 
 
 async def last_output(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:

@@ -23,6 +23,7 @@ _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05
 _GRAMMAR_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3,
                     5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 PREFIX = "corral"
+TOOL_CALL_OUTCOMES = ("valid", "unknown_tool", "invalid_arguments")
 
 
 class _EngineCollector(Collector):
@@ -111,12 +112,20 @@ class ServerMetrics:
                                 labels + ["finish_reason"], registry=reg)
         self.http_errors = Counter(f"{PREFIX}_request_errors", "Requests refused or failed",
                                    labels + ["status"], registry=reg)
+        self.tool_calls = Counter(f"{PREFIX}_tool_calls", "Tool calls parsed from outputs, by "
+                                  "outcome: valid, unknown_tool, invalid_arguments",
+                                  labels + ["outcome"], registry=reg)
+        for outcome in TOOL_CALL_OUTCOMES:
+            self.tool_calls.labels(model_name, outcome)
         for hist in (self.ttft, self.itl, self.e2e, self.grammar_compile, self.grammar_mask):
             hist.labels(model_name)  # exported with zero counts from the start
         reg.register(_EngineCollector(engine, model_name))
 
     def tracker(self) -> RequestTracker:
         return RequestTracker(self)
+
+    def tool_call(self, outcome: str) -> None:
+        self.tool_calls.labels(self._model, outcome).inc()
 
     def error(self, status: int) -> None:
         self.http_errors.labels(self._model, str(status)).inc()

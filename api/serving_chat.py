@@ -27,6 +27,7 @@ from .logprobs import chat_logprobs
 from .protocol import UsageInfo
 from .sse import SSE_HEADERS, guarded_stream, sse_event
 from .state import ServerState, new_id
+from .tool_call_audit import AuditedParser, ToolCallAudit
 
 
 @dataclass
@@ -70,8 +71,11 @@ def _prompt_and_constraint(state: ServerState, req: ChatCompletionRequest
         raise APIError.from_value_error(e) from None
     new_parser = None
     if uses_tools or mode != "off" or fmt.frames_answer:
+        audit = ToolCallAudit(tools, state.metrics.tool_call) if uses_tools else None
+
         def new_parser() -> Any:
-            return fmt.output_parser(tools, parse_calls=uses_tools, reasoning_mode=mode)
+            parser = fmt.output_parser(tools, parse_calls=uses_tools, reasoning_mode=mode)
+            return parser if audit is None else AuditedParser(parser, audit)
     where = "tools" if tools and constraint is not answer else answer_field
     return tokenize_prompt(state, prompt, chat=True, param="messages"), constraint, \
         new_parser, where

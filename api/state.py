@@ -11,6 +11,7 @@ from typing import Any
 
 from corral.grammars.param_error import ParamError
 
+from .admission import Admission
 from .embeddings import Embedder
 from .errors import APIError, not_found_model
 from .logprobs import TokenTexts
@@ -29,6 +30,9 @@ class ServerSettings:
     `tool_call_format` names the model family's tool-call format ("auto": detected from the
     chat template and special tokens); `responses_db` is the SQLite file that keeps the
     Responses API's stored responses (None: under the cache folder; ":memory:" allowed).
+    `max_waiting` bounds the requests waiting for the engine (429 above; None: no bound),
+    `request_timeout` the seconds a request may take (504 after; None: no limit), and
+    `shutdown_timeout` the seconds a stopping server gives requests in flight to finish.
     """
 
     api_key: str | None = None
@@ -37,6 +41,9 @@ class ServerSettings:
     disconnect_poll_seconds: float = 0.25
     tool_call_format: str = "auto"
     responses_db: str | None = None
+    max_waiting: int | None = None
+    request_timeout: float | None = None
+    shutdown_timeout: float = 30.0
 
     def __post_init__(self) -> None:
         from corral.tools import TOOL_CALL_FORMATS
@@ -46,6 +53,16 @@ class ServerSettings:
                                                  f"(got {self.tool_call_format!r})")
         if self.max_body_bytes < 1:
             raise ParamError("max_body_bytes", f"must be positive (got {self.max_body_bytes})")
+        if self.max_waiting is not None and (not isinstance(self.max_waiting, int)
+                                             or self.max_waiting < 0):
+            raise ParamError("max_waiting", f"must be a non-negative integer "
+                                            f"(got {self.max_waiting!r})")
+        if self.request_timeout is not None and not self.request_timeout > 0:
+            raise ParamError("request_timeout", f"must be positive (got "
+                                                f"{self.request_timeout!r})")
+        if not self.shutdown_timeout >= 0:
+            raise ParamError("shutdown_timeout", f"must be non-negative (got "
+                                                 f"{self.shutdown_timeout!r})")
         if self.api_key is not None and not self.api_key:
             self.api_key = None
 
@@ -58,12 +75,14 @@ class ServerState:
     settings: ServerSettings
     embedder: Embedder | None = None
     metrics: ServerMetrics = field(init=False)
+    admission: Admission = field(init=False)
     token_texts: TokenTexts = field(init=False)
     created: int = field(default_factory=lambda: int(time.time()))
     _responses: ResponseStore | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self.engine, self.model_name)
+        self.admission = Admission(self.settings.max_waiting, self.settings.request_timeout)
         self.token_texts = TokenTexts(self.engine.tokenizer)
 
     @property

@@ -133,6 +133,10 @@ def workload(args: argparse.Namespace, seed: int | None = None
 
     prompts = [[rng.randrange(lo_tok, hi_tok) for _ in range(length(args.input_len))]
                for _ in range(args.num_requests)]
+    if args.prefix_groups:  # each prompt starts with one of a few shared prefixes
+        prefixes = [[rng.randrange(lo_tok, hi_tok) for _ in range(args.prefix_len)]
+                    for _ in range(args.prefix_groups)]
+        prompts = [prefixes[rng.randrange(args.prefix_groups)] + p for p in prompts]
     outputs = [length(args.output_len) for _ in range(args.num_requests)]
     return prompts, outputs
 
@@ -153,6 +157,7 @@ async def main_async(args: argparse.Namespace) -> int:
               f"{'TTFT p50':>9} {'TTFT p99':>9} {'ITL p50':>8} {'ITL p99':>8} {'e2e p50':>8}")
     print(header)
     print(" " * 49 + "(ms)      (ms)     (ms)     (ms)      (s)")
+    hits_before = await prefix_cache_counts(args) if args.prefix_groups else None
     for n, rate in enumerate(args.rates):
         if schemas:
             s, results = await run_rate(args, rate, model, prompts, outputs, schemas)
@@ -164,7 +169,32 @@ async def main_async(args: argparse.Namespace) -> int:
         else:
             s, _ = await run_rate(args, rate, model, prompts, outputs)
             print_row(s, "free")
+    if hits_before is not None:
+        after = await prefix_cache_counts(args)
+        for replica, (hits, queries) in sorted(after.items()):
+            h0, q0 = hits_before.get(replica, (0.0, 0.0))
+            print(f"prefix cache, replica {replica or '-'}: {hits - h0:.0f} of {queries - q0:.0f} "
+                  f"prompt tokens hit ({(hits - h0) / max(queries - q0, 1):.1%})")
     return 0
+
+
+async def prefix_cache_counts(args: argparse.Namespace) -> dict[str, tuple[float, float]]:
+    """(prefix-cache hit tokens, looked-up tokens) per replica, from the server's /metrics."""
+    base = args.base_url.rstrip("/").removesuffix("/v1")
+    async with httpx.AsyncClient(timeout=30) as client:
+        text = (await client.get(base + "/metrics")).text
+    counts: dict[str, list[float]] = {}
+    for line in text.splitlines():
+        for i, name in enumerate(("corral_prefix_cache_hits_total",
+                                  "corral_prefix_cache_queries_total")):
+            if line.startswith(name + "{"):
+                labels = line[line.index("{") + 1:line.index("}")]
+                replica = ""
+                for part in labels.split(","):
+                    if part.startswith("replica="):
+                        replica = part.split("=", 1)[1].strip('"')
+                counts.setdefault(replica, [0.0, 0.0])[i] += float(line.split()[-1])
+    return {k: (v[0], v[1]) for k, v in counts.items()}
 
 
 def print_row(s: dict[str, float], run: str) -> None:
@@ -207,6 +237,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--range-ratio", type=float, default=0.5)
     parser.add_argument("--token-range", nargs=2, type=int, default=[1000, 20000],
                         help="prompt token ids are drawn from this range")
+    parser.add_argument("--prefix-groups", type=int, default=0,
+                        help="prompts start with one of this many shared prefixes (reports "
+                             "prefix-cache hits per replica)")
+    parser.add_argument("--prefix-len", type=int, default=512,
+                        help="tokens of each shared prefix")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-warmup", dest="warmup", action="store_false")
     parser.add_argument("--structured", action="store_true",
