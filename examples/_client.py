@@ -14,8 +14,8 @@ BASE_URL = os.environ.get("CORRAL_BASE_URL", "http://127.0.0.1:8000/v1")
 API_KEY = os.environ.get("CORRAL_API_KEY", "not-needed")
 
 
-def client() -> openai.OpenAI:
-    return openai.OpenAI(base_url=BASE_URL, api_key=API_KEY)
+def client(base_url: str = BASE_URL, api_key: str = API_KEY) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key=api_key)
 
 
 def model_name(c: openai.OpenAI) -> str:
