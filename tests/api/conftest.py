@@ -55,7 +55,10 @@ def server(tmp_path_factory) -> Iterator[Server]:
     log_path = tmp_path_factory.mktemp("server") / "server.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "CORRAL_API_KEY": API_KEY}
-    cmd = [sys.executable, "-m", "corral.api.cli", "serve", "--port", str(port),
+    # The frameworks that need their own environment run their tests there, against a
+    # server started with Corral's own Python.
+    python = os.environ.get("CORRAL_SERVER_PYTHON", sys.executable)
+    cmd = [python, "-m", "corral.api.cli", "serve", "--port", str(port),
            "--max-model-len", "1024", "--kv-cache-memory", "96MiB", "--max-num-seqs", "16",
            "--max-body-size", str(MAX_BODY_BYTES), "--log-level", "warning",
            "--responses-db", str(tmp_path_factory.mktemp("responses") / "responses.sqlite3"),
