@@ -237,13 +237,13 @@ def main() -> None:
         cache_hits = store.hits - hits0
         closer = engine.closer
         print(f"  {level} in flight: completion searches {closer.num_searches} "
-              f"({closer.num_pooled} in workers; {closer.search_seconds:.2f} s on the engine "
-              f"thread), outputs closed at the limit "
+              f"({closer.num_pooled} sent to workers, {closer.num_late} of them late; "
+              f"{closer.search_seconds:.2f} s on the engine thread), outputs closed at the limit "
               f"{closer.num_closed} (tokens taken back {closer.num_taken_back}, appended "
               f"{closer.num_appended}), cut with no valid end found {closer.num_unclosed}",
               flush=True)
         closer.num_searches, closer.search_seconds, closer.num_closed = 0, 0.0, 0
-        closer.num_pooled = closer.num_deferred = 0
+        closer.num_pooled = closer.num_deferred = closer.num_late = 0
         closer.num_taken_back = closer.num_appended = closer.num_unclosed = 0
         cache_share = cache_hits / max(cache_hits + store.misses - misses0, 1)
         lengths = [len(o.outputs[0].token_ids) if o and not o.error else 0 for o in outs]

@@ -77,6 +77,8 @@ class Sequence:
         # future, and the tokens and text length when it started.
         self.search_future: Any = None
         self.search_checks = 0  # checks since it started
+        self.search_left = 0  # its token budget and node budget
+        self.search_budget = 0
         self.search_at = 0
         self.search_text_length = 0
         # Near the limit the closer may take tokens back, but never ones a stream has seen:

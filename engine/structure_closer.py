@@ -58,7 +58,6 @@ RETRY_EVERY = 4  # steps between searches while no way out is known (the output 
 SEARCHES_PER_STEP = 1  # searches per engine step that could wait (the end is not near)
 SEARCHES_PER_WORKER = 2  # ... with a pool of worker processes: this many per worker
 DEFER_CHECKS = 2  # checks (engine steps) after which a deferred search's answer is taken
-SEARCH_WAIT_S = 5.0  # longest wait for a deferred search's answer (then: none found)
 NODE_BUDGET = 48  # search nodes per completion search on the engine's loop, at least
 MAX_NODE_BUDGET = 192  # ... at most: twice the kept completion's length (a longer way out
 # needs a larger search; a failed one costs a roll back past every token since)
@@ -81,7 +80,8 @@ class StructureCloser:
                                   else SEARCHES_PER_WORKER * pool.num_workers)
         self.num_searches = 0
         self.num_deferred = 0  # searches deferred to the next check
-        self.num_pooled = 0  # ... of them, run in a worker process
+        self.num_pooled = 0  # ... of them, sent to a worker process
+        self.num_late = 0  # ... of those, not back when due (searched here instead)
         self.search_seconds = 0.0
         self.num_closed = 0
         self._searches_this_step = 0
@@ -195,6 +195,7 @@ class StructureCloser:
         seq.search_at = seq.num_tokens
         seq.search_text_length = len(seq.detokenizer.text)
         budget = self._budget(seq)
+        seq.search_left, seq.search_budget = left, budget
         matcher = seq.matcher
         grammar = seq.request.compiled_grammar
         if (self.pool is not None and self.pool.ready and grammar is not None
@@ -214,8 +215,9 @@ class StructureCloser:
     def _collect(self, seq: Sequence, left: int) -> None:
         """Take the answer of the sequence's deferred search when it is due (or the end is
         near): keep it as a completion found where the search started (unless a later one
-        is kept). Waits for a late answer, so the step it is taken at never depends on
-        how fast it came."""
+        is kept). An answer not back by then is searched here (the matcher rolled back to
+        where the search started): the same answer, so the step it is taken at and what
+        it is never depend on how fast a worker was."""
         future = seq.search_future
         if future is None:
             return
@@ -224,10 +226,12 @@ class StructureCloser:
             return
         seq.search_future = None
         start = time.perf_counter()
-        try:
-            found = future.result(timeout=SEARCH_WAIT_S)
-        except Exception:  # noqa: BLE001 - late or failed: as if none was found
-            found = None
+        if future.done() and future.exception() is None:
+            found = future.result()
+        else:
+            future.cancel()
+            self.num_late += 1
+            found = self._search_back(seq)
         self.num_searches += 1
         self.search_seconds += time.perf_counter() - start
         at = seq.search_at
@@ -319,6 +323,20 @@ class StructureCloser:
             self._keep(seq, still)
         elif self._may_search():
             self._defer_search(seq, left)
+
+    def _search_back(self, seq: Sequence) -> list[int] | None:
+        """The deferred search, run now from where it started: the tokens since are taken
+        back from the matcher for the search and accepted again after it."""
+        since = seq.token_ids[seq.search_at:]
+        matcher = seq.matcher
+        if len(since) > matcher.num_accepted:
+            return None
+        matcher.rollback(len(since))
+        try:
+            return self._search(seq, seq.search_left, seq.search_budget, count=False)
+        finally:
+            for token in since:
+                matcher.accept_token(token)
 
     @staticmethod
     def _budget(seq: Sequence) -> int:

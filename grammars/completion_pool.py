@@ -8,6 +8,8 @@ about (cached by their canonical text), replays the sequence's accepted tokens o
 matcher and searches from there with the same candidate vocabulary and node budget as the
 engine thread would: the answer is the same, only computed elsewhere.
 
+Each grammar goes to one worker (by a hash of its text): a grammar's automaton grows its
+lexer states lazily as it is used, so a grammar searched by one worker stays warm there.
 Workers are spawned (the engine process may hold a CUDA context) and built in the
 background; `ready` says when every worker has answered its first call. A worker that
 dies breaks the pool: `submit` then raises `BrokenProcessPool` and the caller searches
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -44,13 +47,13 @@ class CompletionSearchPool:
         if not isinstance(num_workers, int) or num_workers < 1:
             raise ValueError(f"num_workers must be a positive integer (got {num_workers!r})")
         self.num_workers = num_workers
-        self._pool = ProcessPoolExecutor(
-            num_workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(tokenizer, vocab_size, list(eos_token_ids), json_whitespace))
+        context = multiprocessing.get_context("spawn")
+        args = (tokenizer, vocab_size, list(eos_token_ids), json_whitespace)
+        self._workers = [ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker,
+                                             initargs=args) for _ in range(num_workers)]
         # One warm-up call per worker: each builds its tokenizer tables and candidate
         # vocabulary before the first real search comes.
-        self._warm = [self._pool.submit(_warm_up) for _ in range(num_workers)]
+        self._warm = [worker.submit(_warm_up) for worker in self._workers]
 
     @property
     def ready(self) -> bool:
@@ -61,10 +64,12 @@ class CompletionSearchPool:
                node_budget: int) -> Future:
         """Search from the state after `tokens` of the grammar (`kind`, `text`, `backend`):
         a future of the completion (token ids) or None, as `shortest_completion` returns."""
-        return self._pool.submit(_search, kind, text, backend, tokens, max_tokens, node_budget)
+        worker = self._workers[zlib.crc32(text.encode()) % self.num_workers]
+        return worker.submit(_search, kind, text, backend, tokens, max_tokens, node_budget)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for worker in self._workers:
+            worker.shutdown(wait=False, cancel_futures=True)
 
 
 # ---- in the worker ----------------------------------------------------------------------

@@ -175,3 +175,34 @@ def test_searches_in_worker_processes_close_the_same_way(llm, tokenizer, schemas
         assert x.outputs[0].token_ids == y.outputs[0].token_ids
         assert x.outputs[0].finish_reason == y.outputs[0].finish_reason
     assert not engine.has_unfinished_requests()
+
+
+def test_searches_not_back_in_time_are_run_where_they_started(llm, tokenizer, schemas):
+    """A worker's answer that is not back when due is searched on the engine thread from
+    the state the search started at: the outputs are those of searches run there."""
+    from concurrent.futures import Future
+
+    class NeverAnswers:
+        num_workers, ready = 1, True
+
+        def submit(self, *args) -> Future:
+            return Future()  # never done: every answer is late
+
+    engine = llm.engine
+    prompts = [_chat(tokenizer, "Reply with JSON valid against: "
+                     + json.dumps(s, separators=(",", ":"))[:2000]) for s in schemas]
+    params = [SamplingParams(temperature=0, max_tokens=48,
+                             structured_outputs=StructuredOutputsParams(json=s))
+              for s in schemas]
+    closer = engine.closer
+    inline = llm.generate(prompts, params)
+    late = closer.num_late
+    closer.pool = NeverAnswers()
+    try:
+        searched_back = llm.generate(prompts, params)
+    finally:
+        closer.pool = None
+    assert closer.num_late > late
+    for x, y in zip(inline, searched_back, strict=True):
+        assert x.outputs[0].token_ids == y.outputs[0].token_ids
+        assert x.outputs[0].finish_reason == y.outputs[0].finish_reason
