@@ -28,6 +28,7 @@ class ScriptedEngine:
         self.tokenizer = tokenizer
         self.replies: deque[str] = deque()
         self.requests: list[tuple[list[int], Any]] = []
+        self._grammar: Any = None
 
     def script(self, *replies: str) -> None:
         self.replies.extend(replies)
@@ -67,8 +68,24 @@ class ScriptedEngine:
     def validate_structured(self, spec: Any) -> None:
         pass
 
+    @property
+    def grammar(self) -> Any:
+        """A real grammar compiler (and registry) for the tokenizer, built on first use."""
+        if self._grammar is None:
+            from corral.grammars import GrammarCompiler
+
+            eos = self.tokenizer.eos_token_id
+            self._grammar = GrammarCompiler(self.tokenizer, len(self.tokenizer), [eos])
+        return self._grammar
+
+    def register_grammar(self, name: str, definition: Any, syntax: str = "lark") -> None:
+        self.grammar.registry.register(name, definition, syntax=syntax)
+
+    def unregister_grammar(self, name: str) -> None:
+        self.grammar.registry.unregister(name)
+
     def grammars(self) -> list[dict[str, Any]]:
-        return []
+        return self.grammar.registry.list() if self._grammar is not None else []
 
     def stats(self) -> EngineStats:
         return EngineStats()
