@@ -21,9 +21,15 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 DONE = "data: [DONE]\n\n"
 
 
+# Characters that JSON leaves raw but line readers (Python's `str.splitlines`, and so
+# httpx's `iter_lines`) take as line breaks: escaped, an event is always one line.
+_LINE_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"})
+
+
 def sse_event(body: dict[str, Any], event: str | None = None) -> str:
-    """One event: `data: <json>`, after `event: <name>` when `event` is given."""
-    data = f"data: {json.dumps(body, ensure_ascii=False, separators=(',', ':'))}\n\n"
+    """One event: `data: <json>` on one line, after `event: <name>` when `event` is given."""
+    text = json.dumps(body, ensure_ascii=False, separators=(',', ':')).translate(_LINE_BREAKS)
+    data = f"data: {text}\n\n"
     return f"event: {event}\n{data}" if event else data
 
 
