@@ -18,6 +18,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import os
 import threading
 import time
 from typing import Any
@@ -47,6 +48,9 @@ from .tokenizer import eos_token_ids, load_tokenizer
 logger = logging.getLogger(__name__)
 
 TokenEntry = tuple[Sequence, list[int], list[TokenLogprob | None]]
+
+
+HOST_TORCH_THREADS_ON_GPU = 4  # CPU threads for torch's host-side work beside a GPU
 
 
 class SamplingPlan:
@@ -105,6 +109,11 @@ class LLMEngine:
         self.sampler = Sampler(self.vocab_size, self.eos_token_ids, self.runner.device,
                                config.seed)
         on_gpu = self.runner.device.type == "cuda"
+        if on_gpu and "OMP_NUM_THREADS" not in os.environ:
+            # The host's tensor work beside a GPU is small (inputs, masks): a few threads do
+            # it, and a full team of OpenMP threads would spin against the grammar threads
+            # and the completion workers for the cores.
+            torch.set_num_threads(min(torch.get_num_threads(), HOST_TORCH_THREADS_ON_GPU))
         overlap = config.overlap_grammar if config.overlap_grammar is not None else on_gpu
         self.grammar_step = GrammarStepper(self.vocab_size, config.max_num_seqs * draft_rows,
                                            pin_memory=on_gpu, overlap=overlap)

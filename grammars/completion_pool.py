@@ -79,7 +79,11 @@ _worker: dict[str, Any] = {}
 
 def _init_worker(tokenizer: Any, vocab_size: int, eos_token_ids: list[int],
                  json_whitespace: str | None) -> None:
+    import torch
+
     from corral.grammars.compiler import GrammarCompiler
+
+    torch.set_num_threads(1)  # searches are single-threaded: no OpenMP team to keep
 
     _worker["compiler"] = GrammarCompiler(tokenizer, vocab_size, eos_token_ids,
                                           max_workers=1, json_whitespace=json_whitespace)
