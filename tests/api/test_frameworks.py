@@ -96,7 +96,8 @@ def test_anthropic_sdk_two_turn_tool_conversation(server):
               "input_schema": WEATHER_PARAMETERS}]
     ask = [{"role": "user", "content": "What is the weather in Paris?"}]
     first = client.messages.create(model="", max_tokens=64, messages=ask, tools=tools,
-                                   tool_choice={"type": "any"}, temperature=0)
+                                   tool_choice={"type": "any"},
+                                   extra_body={"temperature": 0})
     uses = [block for block in first.content if block.type == "tool_use"]
     assert first.stop_reason == "tool_use" and uses and uses[0].input["city"]
     history = ask + [{"role": "assistant", "content": [b.model_dump() for b in first.content]},
@@ -104,7 +105,8 @@ def test_anthropic_sdk_two_turn_tool_conversation(server):
                          {"type": "tool_result", "tool_use_id": u.id, "content": "Sunny"}
                          for u in uses]}]
     with client.messages.stream(model="", max_tokens=32, messages=history, tools=tools,
-                                tool_choice={"type": "none"}, temperature=0) as stream:
+                                tool_choice={"type": "none"},
+                                extra_body={"temperature": 0}) as stream:
         final = stream.get_final_message()
     assert final.stop_reason in ("end_turn", "max_tokens")
     assert [b.type for b in final.content] == ["text"] and final.content[0].text
