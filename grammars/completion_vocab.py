@@ -38,6 +38,10 @@ _FORMAT_SAMPLES = (b"0.0.0", b"a@a.aa", b"http://a.aa", b"2000-01-01T00:00:00Z",
                    b"00000000-0000-0000-0000-000000000000")
 
 Edge = tuple[tuple[int, ...], bytes]  # tokens and the bytes they spell
+# A special token (`<|end|>`, `<|call|>`) spells no text; it is named by this byte (never in
+# UTF-8 text) and its own name, so a path through it is a state of its own. Grammars that
+# frame their output with them (harmony's channels and calls) close through them.
+SPECIAL = b"\xff"
 
 
 def _classify(piece: bytes) -> tuple[int, int, int] | None:
@@ -46,6 +50,8 @@ def _classify(piece: bytes) -> tuple[int, int, int] | None:
     Class -1: a candidate of its own; the members of a class are interchangeable unless their
     states differ (digits, lowercase letters, ...).
     """
+    if piece.startswith(SPECIAL):  # a section's end or a frame's marker: tried first
+        return TIER_CLOSE, 0, -1
     if len(piece) <= _MAX_PUNCTUATION_BYTES and set(piece) <= _CLOSERS:
         # The empty string first, then JSON's closers (`"}`, `]}`, ...), then Lark-ish ones.
         return TIER_CLOSE, 0 if piece == b'""' else 2 if b")" in piece else 1, -1
@@ -91,8 +97,9 @@ def _order(piece: bytes, tier: int, rank: int) -> tuple:
 class CompletionVocab:
     """The candidate tokens of the search, for one tokenizer (built once, shared, read-only).
 
-    Candidates are in priority order; `token_bytes[t]` is the text of every token `t` (b""
-    for special tokens) and `mask_words` the bitmask width, ceil(vocab_size / 32); `samples`
+    Candidates are in priority order; `token_bytes[t]` is the text of every token `t`
+    (`SPECIAL` + its name for special tokens, b"" for EOS) and `mask_words` the bitmask
+    width, ceil(vocab_size / 32); `samples`
     the texts of common formats in tokens, shortest first.
     """
 
@@ -134,7 +141,8 @@ class CompletionVocab:
     @classmethod
     def from_token_bytes(cls, token_bytes: Sequence[bytes | None], vocab_size: int,
                          eos_token_ids: Sequence[int]) -> CompletionVocab:
-        """The candidates among tokens given by their bytes (None or b"": special tokens)."""
+        """The candidates among tokens given by their bytes (None or b"": tokens that are
+        no candidates; `SPECIAL` + name: special tokens, candidates)."""
         if not isinstance(vocab_size, int) or vocab_size < 1:
             raise ParamError("vocab_size", f"must be a positive integer (got {vocab_size!r})")
         if len(token_bytes) > vocab_size:
@@ -171,6 +179,6 @@ class CompletionVocab:
 
         lltok = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size,
                                              eos_token=list(eos_token_ids))
-        pieces = [None if lltok.is_special_token(i) else lltok.decode_bytes([i])
-                  for i in range(min(vocab_size, lltok.vocab_size))]
+        pieces = [SPECIAL + lltok.decode_bytes([i]) if lltok.is_special_token(i)
+                  else lltok.decode_bytes([i]) for i in range(min(vocab_size, lltok.vocab_size))]
         return cls.from_token_bytes(pieces, vocab_size, eos_token_ids)

@@ -31,6 +31,7 @@ from corral.grammars.completion import (
     CompletionVocab,
     shortest_completion,
 )
+from corral.grammars.completion_vocab import SPECIAL
 from corral.grammars.spec import BACKENDS
 from corral.tools import ToolCallParser, format_call, tool_call_constraint
 
@@ -123,7 +124,12 @@ def test_vocab_holds_closers_literals_and_every_printable_character(vocab, hf_to
     assert {b'"', b"}", b"]", b'"}', b"]}", b'""', b"null", b"true", b"0", b"\n", b" "} <= texts
     assert all(bytes([c]) in texts for c in range(0x20, 0x7F))
     assert EOS not in vocab.token_ids and len(vocab.token_ids) < 300
-    assert vocab.token_ids[0] == hf_tokenizer.convert_tokens_to_ids('""')  # the empty string
+    # Special tokens (but EOS) first, named apart from any text; then the empty string.
+    specials = [t for t in vocab.token_ids if vocab.token_bytes[t].startswith(SPECIAL)]
+    assert specials == list(vocab.token_ids[: len(specials)])
+    assert hf_tokenizer.convert_tokens_to_ids("<|im_start|>") in specials
+    first_text = vocab.token_ids[len(specials)]
+    assert first_text == hf_tokenizer.convert_tokens_to_ids('""')
     with pytest.raises(ValueError, match="eos_token_ids"):
         CompletionVocab.from_token_bytes([b"a"], 4, [7])
     with pytest.raises(ValueError, match="vocab_size"):
