@@ -126,7 +126,7 @@ def load_named_tensors(model: LlamaForCausalLM, tensors: Iterable[tuple[str, Any
     be anything sliced like one (a safetensors slice reads only the rows it is asked for)."""
     params = dict(model.named_parameters())
     loaded: dict[str, int] = {}  # parameter -> rows written (of all experts when stacked)
-    for name, tensor in tensors:
+    for name, tensor in _dequantized(tensors):
         target, offset, shard = _target_of(model, name)
         if target is None or target not in params:
             continue
@@ -144,6 +144,27 @@ def load_named_tensors(model: LlamaForCausalLM, tensors: Iterable[tuple[str, Any
                or (_is_stacked(n) and loaded[n] < params[n].shape[0] * params[n].shape[1])]
     if missing:
         raise ParamError("model", f"{source} lacks weights for {missing[:5]}")
+
+
+def _dequantized(tensors: Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any]]:
+    """The tensors, with each MXFP4 pair (`X_blocks`, `X_scales`) as one float tensor `X`
+    once both halves have come (they may sit in different files)."""
+    from .mxfp4 import SUFFIXES, expert_matrix
+
+    halves: dict[str, dict[str, torch.Tensor]] = {}
+    for name, tensor in tensors:
+        suffix = next((s for s in SUFFIXES if name.endswith(s)), None)
+        if suffix is None:
+            yield name, tensor
+            continue
+        base = name[: -len(suffix)]
+        pair = halves.setdefault(base, {})
+        pair[suffix] = torch.as_tensor(tensor[:])
+        if len(pair) == 2:
+            del halves[base]
+            yield base, expert_matrix(pair["_blocks"], pair["_scales"])
+    if halves:
+        raise ParamError("model", f"MXFP4 tensors without their other half: {sorted(halves)}")
 
 
 def _is_stacked(param_name: str) -> bool:
@@ -195,8 +216,9 @@ def _target_of(model: LlamaForCausalLM, name: str) -> tuple[str | None, Offset, 
         offset = 0 if proj == "gate" else mlp.intermediate_size
         shard = (0, rank * mlp.intermediate_size, mlp.intermediate_size)
         return f"{prefix}gate_up_proj.{kind}", offset, shard
-    if proj == "o":
-        return f"{prefix}o_proj.{kind}", 0, (1, rank * attn.q_size, attn.q_size)
+    if proj == "o":  # its bias (gpt-oss) is whole: one rank only
+        shard = None if kind == "bias" else (1, rank * attn.q_size, attn.q_size)
+        return f"{prefix}o_proj.{kind}", 0, shard
     if proj == "down":
         shard = (1, rank * mlp.intermediate_size, mlp.intermediate_size)
         return f"{prefix}down_proj.{kind}", 0, shard

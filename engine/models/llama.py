@@ -96,9 +96,10 @@ class MLP(nn.Module):
 
 class DecoderLayer(nn.Module):
     def __init__(self, config, layer_idx: int, rotary: RotaryEmbedding,
-                 backend: AttentionBackend, tp: TensorParallel, mlp: nn.Module):
+                 backend: AttentionBackend, tp: TensorParallel, mlp: nn.Module,
+                 attention: nn.Module | None = None):
         super().__init__()
-        self.self_attn = Attention(config, layer_idx, rotary, backend, tp)
+        self.self_attn = attention or Attention(config, layer_idx, rotary, backend, tp)
         self.mlp = mlp  # [T, hidden] -> [T, hidden], all-reduced
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -120,7 +121,8 @@ class DecoderLayer(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """The model: token ids and positions of a flattened batch in, hidden states out.
 
-    Subclasses change a layer's MLP through `make_mlp` (Qwen3-MoE's sparse experts)."""
+    Subclasses change a layer's MLP through `make_mlp` (Qwen3-MoE's sparse experts) and its
+    attention through `make_attention` (gpt-oss's sinks and windows)."""
 
     def __init__(self, config, backend: AttentionBackend, max_position: int,
                  tp: TensorParallel | None = None):
@@ -136,7 +138,8 @@ class LlamaForCausalLM(nn.Module):
         self.first_vocab_row, vocab_rows = tp.vocab_rows(config.vocab_size)
         self.embed_tokens = nn.Embedding(vocab_rows, config.hidden_size)
         self.layers = nn.ModuleList(
-            DecoderLayer(config, i, self.rotary, backend, tp, self.make_mlp(config, i, tp))
+            DecoderLayer(config, i, self.rotary, backend, tp, self.make_mlp(config, i, tp),
+                         self.make_attention(config, i, self.rotary, backend, tp))
             for i in range(config.num_hidden_layers)
         )
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -147,6 +150,11 @@ class LlamaForCausalLM(nn.Module):
     def make_mlp(self, config, layer_idx: int, tp: TensorParallel) -> nn.Module:
         """Layer `layer_idx`'s MLP: the dense SwiGLU."""
         return MLP(config, tp)
+
+    def make_attention(self, config, layer_idx: int, rotary: RotaryEmbedding,
+                       backend: AttentionBackend, tp: TensorParallel) -> nn.Module | None:
+        """Layer `layer_idx`'s attention (None: the Llama one)."""
+        return None
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor,
                 kv_caches: list[tuple[torch.Tensor, torch.Tensor]],

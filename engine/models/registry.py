@@ -6,6 +6,7 @@ from torch import nn
 
 from corral.grammars.param_error import ParamError
 
+from .gpt_oss import GptOssForCausalLM
 from .llama import LlamaForCausalLM
 from .qwen3_moe import Qwen3MoeForCausalLM
 
@@ -15,6 +16,7 @@ MODEL_CLASSES: dict[str, type[nn.Module]] = {
     "qwen2": LlamaForCausalLM,
     "qwen3": LlamaForCausalLM,
     "qwen3_moe": Qwen3MoeForCausalLM,
+    "gpt_oss": GptOssForCausalLM,
 }
 
 

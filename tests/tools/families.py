@@ -24,7 +24,7 @@ EXPECTED_FORMATS = {"qwen3": "hermes", "qwen3_coder": "qwen3_coder",
                     "llama3.1": "llama3_json", "mistral": "mistral", "gpt-oss": "harmony"}
 # transformers classes of the architectures Corral runs.
 ARCHITECTURES = {"qwen3": "qwen3", "qwen3_coder": "qwen3", "llama3.1": "llama",
-                 "mistral": "mistral"}
+                 "mistral": "mistral", "gpt-oss": "gpt_oss"}
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=1024, rms_norm_eps=1e-6)
 
@@ -57,8 +57,12 @@ def build_tiny_checkpoint(path: Path, tokenizer, family: str) -> None:
         "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
         "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
         "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
+        "gpt_oss": (transformers.GptOssConfig, transformers.GptOssForCausalLM),
     }[ARCHITECTURES[family]]
-    extra = {"head_dim": 16} if ARCHITECTURES[family] == "qwen3" else {}
+    extra = {"head_dim": 16} if ARCHITECTURES[family] in ("qwen3", "gpt_oss") else {}
+    if ARCHITECTURES[family] == "gpt_oss":  # 4 experts, 2 per token, a window of 8
+        extra |= dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=8,
+                      layer_types=["sliding_attention", "full_attention"])
     config = config_cls(vocab_size=len(tokenizer), tie_word_embeddings=True,
                         eos_token_id=tokenizer.eos_token_id, **TINY, **extra)
     torch.manual_seed(0)

@@ -1,12 +1,13 @@
-"""Tiny random-weight Llama, Mistral and Qwen3 models with their families' real tokenizers and
-templates, run by Corral's engine under each format's grammar: for every tool_choice the
-calls come out in the family's own syntax, parse, and hold to their schemas; streamed
-equals final for every chunking of a generated text; reasoning is split off and the schema
-holds on the answer after it."""
+"""Tiny random-weight Llama, Mistral, Qwen3 and gpt-oss models with their families' real
+tokenizers and templates, run by Corral's engine under each format's grammar: for every
+tool_choice the calls come out in the family's own syntax, parse, and hold to their schemas;
+streamed equals final for every chunking of a generated text; reasoning is split off and the
+schema holds on the answer after it."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import jsonschema
 import pytest
@@ -40,7 +41,10 @@ ASK = [{"role": "user", "content": "What's the weather in Paris?"}]
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 # How each family's generated calls begin.
 CALL_OPENINGS = {"llama3.1": '{"name": "', "mistral": '[TOOL_CALLS] [{"name": "',
-                 "qwen3": '<tool_call>\n{"name": "', "qwen3_coder": "<tool_call>\n<function="}
+                 "qwen3": '<tool_call>\n{"name": "', "qwen3_coder": "<tool_call>\n<function=",
+                 "gpt-oss": "<|channel|>commentary to=functions."}
+# Where reasoning ends and the answer (the calls) begins.
+REASONING_END = re.compile(r"</think>|<\|end\|><\|start\|>assistant")
 # (tool_choice, parallel_tool_calls)
 CHOICES = [("required", True), ("required", False), (NAMED, True), ("auto", True),
            ("none", True)]
@@ -110,7 +114,7 @@ def test_each_tool_choice_makes_calls_in_the_family_syntax(family_llm):
         calls = parser.tool_calls
         if choice in ("required", NAMED):
             assert completion.finish_reason == "stop", completion.text  # the grammar ended it
-            call_text = completion.text.split("</think>")[-1].lstrip()
+            call_text = REASONING_END.split(completion.text)[-1].lstrip()
             assert call_text.startswith(CALL_OPENINGS[family]), completion.text
             assert calls and parser.content is None
         if choice == NAMED or not parallel or fmt.is_single_call:

@@ -1,0 +1,151 @@
+"""gpt-oss on tiny random checkpoints: logits equal transformers' forward through prefill
+and paged decode steps (sinks, a sliding window shorter than the context, YaRN rotary,
+routed experts with the clamped SwiGLU), and greedy tokens through `LLM` equal
+transformers' `generate` (float32, CPU)."""
+
+from __future__ import annotations
+
+import torch
+
+from corral.engine import LLM, SamplingParams
+from corral.engine.config import EngineConfig
+from corral.engine.model_runner import ModelRunner
+from tests.engine.test_model_families import meta_for
+
+TINY = dict(hidden_size=64, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, num_local_experts=4, num_experts_per_tok=2,
+            sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+            max_position_embeddings=512, rms_norm_eps=1e-5)
+
+
+def make_checkpoint(path, vocab_size: int, std: float = 0.05):
+    """A random GptOssForCausalLM saved in the Hugging Face layout; the transformers model."""
+    import transformers
+
+    config = transformers.GptOssConfig(vocab_size=vocab_size, **TINY)
+    torch.manual_seed(0)
+    model = transformers.GptOssForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith("router.weight"):  # routes that differ token by token
+                param.normal_(0, 1.0)
+            elif name.endswith("sinks"):
+                param.normal_(0, 1.0)
+            elif name.endswith("norm.weight"):
+                param.normal_(1, 0.2)
+            else:
+                param.normal_(0, std)
+    model.save_pretrained(path)
+    return model
+
+
+def test_logits_match_transformers(tmp_path):
+    reference = make_checkpoint(tmp_path, vocab_size=256)
+    runner = ModelRunner(EngineConfig(model=str(tmp_path), num_blocks=16, block_size=8,
+                                      dtype="float32"),
+                         tmp_path, None, None)
+    runner.allocate_kv_cache()
+    assert [layer.self_attn.window for layer in runner.model.layers] == [4, None]
+    torch.manual_seed(1)
+    ids = torch.randint(0, 256, (30,))
+    with torch.inference_mode():
+        expected = reference(ids.unsqueeze(0)).logits[0]  # [30, vocab]
+        block_table = [3, 7, 1, 12]
+        got = []
+        done = 0
+        for n in [12, 8] + [1] * 10:  # two prefill chunks, then paged decode steps
+            positions, meta = meta_for(done, n, block_table, 8)
+            hidden = runner.model(ids[done : done + n], positions, runner.kv_caches, meta)
+            got.append(runner.model.compute_logits(hidden))
+            done += n
+    torch.testing.assert_close(torch.cat(got), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_greedy_tokens_match_transformers(tmp_path, model_dir):
+    """Served by `LLM` with the embedded model's tokenizer (the vocabulary is its size)."""
+    import transformers
+
+    vocab_size = len(transformers.AutoTokenizer.from_pretrained(model_dir))
+    model = make_checkpoint(tmp_path, vocab_size, std=0.2)
+    prompts = [[1, 2, 3, 4, 5], list(range(100, 140)), [7] * 21]
+    with LLM(str(tmp_path), tokenizer=str(model_dir), dtype="float32", device="cpu",
+             num_blocks=64, max_model_len=256) as llm:
+        outputs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=10,
+                                                       ignore_eos=True))
+    for prompt, out in zip(prompts, outputs, strict=True):
+        with torch.inference_mode():
+            expected = model.generate(torch.tensor([prompt]), max_new_tokens=10,
+                                      do_sample=False, eos_token_id=None,
+                                      pad_token_id=0)[0, len(prompt):]
+        assert out.outputs[0].token_ids == expected.tolist()
+
+
+def test_mxfp4_values_and_layout():
+    from corral.engine.mxfp4 import E2M1_VALUES, dequantize_mxfp4, expert_matrix
+
+    torch.manual_seed(2)
+    codes = torch.randint(0, 16, (3, 5, 2, 32))  # [experts, out, groups, 32 values]
+    scales = torch.randint(120, 134, (3, 5, 2), dtype=torch.uint8)
+    blocks = (codes[..., 0::2] | (codes[..., 1::2] << 4)).to(torch.uint8)  # low nibble first
+    expected = torch.tensor(E2M1_VALUES)[codes] * 2.0 ** (scales.float() - 127)[..., None]
+    values = dequantize_mxfp4(blocks, scales)
+    assert torch.equal(values, expected.flatten(-2))
+    assert torch.equal(expert_matrix(blocks, scales), expected.flatten(-2).transpose(1, 2))
+
+
+def _quantize_mxfp4(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[E, in, out] -> (blocks [E, out, in/32, 16], scales [E, out, in/32]): each group of 32
+    scaled by a power of two so its largest value fits E2M1, values rounded to the nearest
+    code."""
+    from corral.engine.mxfp4 import E2M1_VALUES
+
+    rows = matrix.transpose(1, 2)  # [E, out, in]
+    groups = rows.reshape(*rows.shape[:-1], -1, 32)
+    peak = groups.abs().amax(-1).clamp(min=1e-12)
+    exponent = torch.ceil(torch.log2(peak / 6.0)).clamp(-127, 127)
+    scaled = groups / 2.0 ** exponent[..., None]
+    table = torch.tensor(E2M1_VALUES)
+    codes = (scaled[..., None] - table).abs().argmin(-1)
+    blocks = (codes[..., 0::2] | (codes[..., 1::2] << 4)).to(torch.uint8)
+    return blocks, (exponent + 127).to(torch.uint8)
+
+
+def test_mxfp4_checkpoint_loads_as_its_dequantized_weights(tmp_path):
+    """Experts stored as MXFP4 pairs load as the values they stand for: logits equal
+    transformers' on the dequantized weights."""
+    from safetensors.torch import load_file, save_file
+
+    from corral.engine.mxfp4 import expert_matrix
+
+    reference = make_checkpoint(tmp_path, vocab_size=256)
+    TINY_IN = TINY["hidden_size"]
+    assert TINY_IN % 32 == 0 and TINY["intermediate_size"] % 32 == 0
+    (file,) = tmp_path.glob("*.safetensors")
+    state = load_file(str(file))
+    with torch.no_grad():
+        for name in [n for n in state if n.endswith(("experts.gate_up_proj",
+                                                     "experts.down_proj"))]:
+            blocks, scales = _quantize_mxfp4(state.pop(name))
+            state[name + "_blocks"], state[name + "_scales"] = blocks, scales
+            reference.get_parameter(name).copy_(expert_matrix(blocks, scales))
+    save_file(state, str(file), metadata={"format": "pt"})
+    runner = ModelRunner(EngineConfig(model=str(tmp_path), num_blocks=16, block_size=8,
+                                      dtype="float32"), tmp_path, None, None)
+    runner.allocate_kv_cache()
+    ids = torch.randint(0, 256, (10,))
+    with torch.inference_mode():
+        expected = reference(ids.unsqueeze(0)).logits[0]
+        positions, meta = meta_for(0, 10, [2, 5], 8)
+        got = runner.model.compute_logits(runner.model(ids, positions, runner.kv_caches, meta))
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_gpu_is_refused_by_name(tmp_path):
+    import pytest
+
+    from corral.grammars.param_error import ParamError
+
+    make_checkpoint(tmp_path, vocab_size=256)
+    with pytest.raises(ParamError, match="runs on the CPU"):
+        ModelRunner(EngineConfig(model=str(tmp_path), num_blocks=16, dtype="float32",
+                                 device="cuda"), tmp_path, None, None)
