@@ -1,7 +1,7 @@
-"""Chat completions on tiny random Qwen3 and Mistral models with their real tokenizers and
-templates: reasoning_content (in messages and stream deltas), the JSON schema holding after
-the reasoning, calls in the family's format with its ids, template errors as 400, and the
---tool-call-format setting."""
+"""Chat completions on tiny random Qwen3, Mistral and gpt-oss models with their real
+tokenizers and templates: reasoning_content (in messages and stream deltas), the JSON schema
+holding after the reasoning, calls in the family's format with its ids, template errors as
+400, and the --tool-call-format setting."""
 
 from __future__ import annotations
 
@@ -156,3 +156,42 @@ def test_the_tool_call_format_setting_overrides_detection(mistral_engine):
         assert call["id"].startswith("call_")  # Hermes ids, not Mistral's
     with pytest.raises(ValueError, match="tool_call_format"):
         ServerSettings(tool_call_format="chatml")
+
+
+@pytest.fixture(scope="module")
+def gpt_oss(model_families_dir, tmp_path_factory):
+    """A tiny gpt-oss model (sinks, sliding window, experts) with its real tokenizer and
+    harmony template."""
+    engine = _engine(model_families_dir, tmp_path_factory, "gpt-oss")
+    with TestClient(create_app(engine, ServerSettings())) as client:
+        yield client
+    engine.shutdown()
+
+
+def test_gpt_oss_reasons_in_its_analysis_channel_then_answers_in_the_schema(gpt_oss):
+    body = {"response_format": {"type": "json_schema",
+                                "json_schema": {"name": "a", "schema": SCHEMA}},
+            "max_reasoning_tokens": 6, "max_tokens": 48}
+    choice = chat(gpt_oss, **body)
+    message = choice["message"]
+    assert "<|channel|>" not in (message["content"] or "")
+    jsonschema.validate(json.loads(message["content"]), SCHEMA)
+    assert stream(gpt_oss, **body) == (message["reasoning_content"], message["content"], [],
+                                       choice["finish_reason"])
+
+
+@pytest.mark.parametrize("tool_choice", [
+    "required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_gpt_oss_calls_parse_validate_and_stream_the_same(gpt_oss, tool_choice):
+    body = {"tools": [WEATHER], "tool_choice": tool_choice, "max_reasoning_tokens": 4,
+            "max_tokens": 64}
+    choice = chat(gpt_oss, **body)
+    message = choice["message"]
+    assert choice["finish_reason"] == "tool_calls" and message["tool_calls"]
+    for call in message["tool_calls"]:
+        assert call["function"]["name"] == "get_weather"
+        jsonschema.validate(json.loads(call["function"]["arguments"]),
+                            WEATHER["function"]["parameters"])
+    calls = [(c["function"]["name"], c["function"]["arguments"]) for c in message["tool_calls"]]
+    assert stream(gpt_oss, **body) == (message["reasoning_content"], message["content"], calls,
+                                       "tool_calls")
