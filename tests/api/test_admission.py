@@ -42,17 +42,28 @@ def slow_engine(scripted_engine):
     return SlowEngine(scripted_engine.tokenizer)
 
 
-def _client(engine, **settings) -> httpx.AsyncClient:
-    app = create_app(engine, ServerSettings(responses_db=":memory:", **settings))
+def _client(engine, app=None, **settings) -> httpx.AsyncClient:
+    app = app or create_app(engine, ServerSettings(responses_db=":memory:", **settings))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+async def _until(condition, timeout: float = 30.0) -> None:
+    """Wait (on the event loop) until `condition()` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+        await asyncio.sleep(0.01)
 
 
 def test_waiting_requests_beyond_the_bound_get_429(slow_engine):
     async def run():
-        async with _client(slow_engine, max_waiting=2) as client:
+        app = create_app(slow_engine, ServerSettings(responses_db=":memory:", max_waiting=2))
+        admission = app.state.corral.admission
+        async with _client(slow_engine, app) as client:
             sent = [asyncio.create_task(client.post("/v1/chat/completions", json=CHAT))
                     for _ in range(5)]
-            await asyncio.sleep(0.2)  # all five arrived; none has an output yet
+            # All five arrived (two admitted and waiting, three refused); none has an output.
+            await _until(lambda: admission.num_waiting + admission.num_refused == 5)
             slow_engine.gate.set()
             return await asyncio.gather(*sent)
 
@@ -107,12 +118,12 @@ def test_a_request_past_its_timeout_is_aborted_with_504(slow_engine):
 
 
 def test_a_stream_past_its_timeout_ends_with_an_error_event(slow_engine):
-    slow_engine.step_s = 0.2
+    slow_engine.step_s = 0.3
     slow_engine.script("one two three four five six seven eight nine ten " * 4)
 
     async def run():
         slow_engine.gate.set()
-        async with _client(slow_engine, request_timeout=0.7) as client:
+        async with _client(slow_engine, request_timeout=1.5) as client:
             return await client.post("/v1/chat/completions", json={**CHAT, "stream": True})
 
     r = asyncio.run(run())
