@@ -330,3 +330,22 @@ def test_a_regex_or_choice_follows_the_reasoning_and_a_grammar_is_refused(family
         chat_constraint(fmt, None, answer=StructuredOutputsParams(grammar="start: A\nA: /a/"),
                         answer_field="structured_outputs", reasoning_mode="optional")
     assert e.value.param == "structured_outputs"
+
+
+@pytest.mark.parametrize("choice", ["auto", "required", NAMED])
+def test_harmony_calls_may_follow_a_preamble(family_tokenizer, family_ll_tokenizer, choice):
+    """gpt-oss may tell the user what it is about to do (a commentary message) before its
+    call; the preamble comes back as content, the call as a call."""
+    tokenizer = family_tokenizer("gpt-oss")
+    fmt = tool_format(tokenizer)
+    grammar = chat_constraint(fmt, TOOLS, choice, parallel_tool_calls=False).grammar
+    check = GrammarCheck(family_ll_tokenizer("gpt-oss"), tokenizer, grammar)
+    preamble = ("<|channel|>commentary<|message|>Let me look that up.<|end|>"
+                "<|start|>assistant")
+    text = preamble + call_text("gpt-oss", [PARIS])
+    assert check.accepts(text), check.match(text).error
+    parser = parse(fmt, text)
+    assert parser.content == "Let me look that up." and calls_of(parser) == [PARIS]
+    # A preamble leads to a call only: not to an answer, not to a second preamble.
+    assert not check.accepts(preamble + answer_text("gpt-oss"))
+    assert not check.accepts(preamble + text)

@@ -1,9 +1,11 @@
 """gpt-oss's harmony format: channels, with calls addressed to `functions.NAME`.
 
 After the prompt's `<|start|>assistant` the model may reason in the analysis channel, then
-either answers in the final channel or makes one call (a call ends the turn at `<|call|>`):
+either answers in the final channel or makes one call (a call ends the turn at `<|call|>`),
+which a preamble to the user in the commentary channel may come before:
 
     <|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant
+    <|channel|>commentary<|message|>Let me look it up.<|end|><|start|>assistant
     <|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{...}<|call|>
 
 Every marker is a special token (the output is decoded with them, see `harmony_parser`).
@@ -67,7 +69,10 @@ class HarmonyFormat(ToolFormat):
             specs = [s for s in specs if s.name == choice.name]  # type: ignore[union-attr]
         if mode == "none" or not specs:
             return "\n".join([*lines, "body: final"]) + "\n"
-        lines.append("call: " + " | ".join(f"fn_{i}" for i in range(len(specs))))
+        lines.append("call: preamble? (" + " | ".join(f"fn_{i}" for i in range(len(specs))) + ")")
+        lines.append(f"preamble: {seq(CHANNEL + 'commentary' + MESSAGE)} PREAMBLE_TEXT "
+                     f"{seq(END + START + 'assistant')}")
+        lines.append(f"PREAMBLE_TEXT: {ANY_TEXT}")
         for i, spec in enumerate(specs):
             head = seq(f"{CHANNEL}commentary to=functions.{spec.name} {CONSTRAIN}json{MESSAGE}")
             lines.append(f"fn_{i}: {head} args_{i} {seq(CALL)}")
