@@ -149,3 +149,32 @@ def test_gpu_is_refused_by_name(tmp_path):
     with pytest.raises(ParamError, match="runs on the CPU"):
         ModelRunner(EngineConfig(model=str(tmp_path), num_blocks=16, dtype="float32",
                                  device="cuda"), tmp_path, None, None)
+
+
+def test_the_real_gpt_oss_20b_config_builds_and_maps_every_checkpoint_tensor(
+        model_families_dir):
+    """At gpt-oss-20b's own config (24 layers, 32 experts, 64 heads): every tensor of
+    transformers' model lands in one of Corral's parameters with the right size (both
+    built on the meta device: no memory)."""
+    import transformers
+
+    from corral.engine.attention import TorchAttentionBackend
+    from corral.engine.model_loader import _target_of
+    from corral.engine.models.gpt_oss import GptOssForCausalLM
+
+    config = transformers.AutoConfig.from_pretrained(model_families_dir / "gpt-oss")
+    with torch.device("meta"):
+        ours = GptOssForCausalLM(config, TorchAttentionBackend(), 4096)
+        theirs = transformers.GptOssForCausalLM(config)
+    params = dict(ours.named_parameters())
+    filled: dict[str, int] = {}
+    for name, tensor in theirs.state_dict().items():
+        target, offset, shard = _target_of(ours, name)
+        assert target in params, name
+        rows = tensor.shape[0] if shard is None or shard[0] != 0 else shard[2]
+        expected = params[target].shape
+        assert tuple(tensor.shape[1:]) == tuple(expected[1:]) or shard is not None, name
+        filled[target] = filled.get(target, 0) + rows
+    assert {n: p.shape[0] for n, p in params.items()} == filled
+    windows = [layer.self_attn.window for layer in ours.layers]
+    assert windows == [128, None] * 12
