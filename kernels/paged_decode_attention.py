@@ -8,6 +8,14 @@ by their log-sum-exp (`decode_split_merge`). The grid depends only on python int
 size, `max_seq_len`), so the launch is CUDA-graph capture-safe; the last split always runs
 to the sequence's end, so a replay with longer contexts than the captured `max_seq_len`
 stays correct.
+
+gpt-oss options, both compiled away when unused (`HAS_SINKS`, `HAS_WINDOW` constexprs):
+- `window`: the query (position `seq_len - 1`) sees its last `window` keys only. Splits cut
+  that span, `[max(seq_len - window, 0), seq_len)`, not the whole context, so no program
+  idles on keys out of sight and the grid is sized by `min(max_seq_len, window)`.
+- `sinks` ([num_heads] logits): one extra logit with no value in each head's softmax
+  denominator. It is added once, where the result is normalised: in the split kernel when
+  there is one split, else in the merge (`decode_split_merge`).
 """
 
 from __future__ import annotations
@@ -87,6 +95,8 @@ def _decode_split_kernel(
     v_cache_ptr,
     block_tables_ptr,
     seq_lens_ptr,
+    sinks_ptr,  # f32-castable [num_heads], read when HAS_SINKS and SINGLE_SPLIT
+    window,  # keys the query sees, read when HAS_WINDOW
     out_ptr,  # [num_seqs, num_heads, head_dim], written when SINGLE_SPLIT
     part_out_ptr,  # f32 [num_seqs, num_heads, num_splits, HEAD_DIM], normalised
     part_lse_ptr,  # f32 [num_seqs, num_heads, num_splits], log2-sum-exp2 per split
@@ -112,6 +122,8 @@ def _decode_split_kernel(
     BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     SINGLE_SPLIT: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -119,7 +131,11 @@ def _decode_split_kernel(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
-    start = split * partition
+    if HAS_WINDOW:
+        first = tl.maximum(seq_len - window, 0)  # first key in sight
+    else:
+        first = 0
+    start = first + split * partition
     if not SINGLE_SPLIT:
         if start >= seq_len:
             return
@@ -176,8 +192,16 @@ def _decode_split_kernel(
         m_i = m_new
 
     safe_l = tl.where(l_i > 0.0, l_i, 1.0)
-    result = acc / safe_l[:, None]
     store_mask = head_mask[:, None] & dim_mask[None, :]
+    if SINGLE_SPLIT and HAS_SINKS:
+        # log2 units, like m_i: the denominator gains exp(sink) = exp2(sink * log2(e)).
+        sink = tl.load(sinks_ptr + heads, mask=head_mask, other=0.0).to(tl.float32)
+        sink = sink * 1.4426950408889634
+        m_all = tl.maximum(m_i, sink)  # finite: the sink is
+        denom = l_i * tl.exp2(m_i - m_all) + tl.exp2(sink - m_all)
+        result = acc * (tl.exp2(m_i - m_all) / denom)[:, None]
+    else:
+        result = acc / safe_l[:, None]
     if SINGLE_SPLIT:
         tl.store(
             out_ptr + seq * stride_os + heads[:, None] * stride_oh + dims[None, :],
@@ -201,6 +225,7 @@ def decode_partition(
 
     Splits the context only as far as needed to give each multiprocessor about
     `programs_per_sm` programs, and never below `min_partition` tokens per split.
+    With a sliding window, `max_seq_len` is the longest span in sight: at most the window.
     """
     block_n = DECODE_CONFIG["block_n"]
     max_seq_len = max(max_seq_len, 1)
@@ -222,11 +247,14 @@ def paged_decode_attention_triton(
     scale: float,
     out: torch.Tensor | None = None,  # [num_seqs, num_heads, head_dim]
     num_splits: int | None = None,
+    sinks: torch.Tensor | None = None,  # [num_heads] sink logits (gpt-oss)
+    window: int | None = None,  # keys each query sees, itself included (sliding window)
 ) -> torch.Tensor:
     """Triton flash-decoding over the paged cache; no host sync, capture-safe.
 
     `max_seq_len` (a python int, an upper bound of `seq_lens`) sizes the split grid;
     `num_splits` forces a split count (tests), otherwise `decode_partition` picks it.
+    `sinks` and `window` are gpt-oss's attention sinks and sliding window (module doc).
     """
     if out is None:
         out = torch.empty_like(query)
@@ -238,6 +266,10 @@ def paged_decode_attention_triton(
         if t.stride(-1) != 1:
             raise ValueError("paged_decode_attention_triton needs a unit stride on head_dim")
     group = num_heads // num_kv_heads
+    if window is not None:
+        if window < 1:
+            raise ValueError(f"a sliding window needs at least one key, got {window}")
+        max_seq_len = min(max_seq_len, window)  # the longest span any query sees
     if num_splits is None:
         partition, num_splits = decode_partition(num_seqs, num_kv_heads, max_seq_len, query.device)
     else:
@@ -259,6 +291,8 @@ def paged_decode_attention_triton(
         v_cache,
         block_tables,
         seq_lens,
+        sinks if sinks is not None else out,
+        window if window is not None else 0,
         out,
         part_out,
         part_lse,
@@ -284,13 +318,16 @@ def paged_decode_attention_triton(
         BLOCK_SIZE=block_size,
         BLOCK_N=DECODE_CONFIG["block_n"],
         SINGLE_SPLIT=num_splits == 1,
+        HAS_SINKS=sinks is not None,
+        HAS_WINDOW=window is not None,
         DOT_DTYPE=dot_dtype(query.dtype),
         DOT_PRECISION=dot_precision(query.dtype),
         num_warps=DECODE_CONFIG["num_warps"],
         num_stages=DECODE_CONFIG["num_stages"],
     )
     if num_splits > 1:
-        merge_decode_splits_triton(part_out, part_lse, seq_lens, partition, out)
+        merge_decode_splits_triton(part_out, part_lse, seq_lens, partition, out,
+                                   sinks=sinks, window=window)
     return out
 
 

@@ -10,6 +10,14 @@ The Triton kernel is flash-attention with an online softmax. A program owns `BLO
 query rows of one sequence and one head; it reads K/V tiles through the block table. Key
 tiles wholly before the tile's first query position need no mask; only the last few tiles,
 those crossing the causal diagonal, are masked.
+
+gpt-oss options, compiled away when unused (`HAS_WINDOW`, `HAS_SINKS` constexprs):
+- `window`: row `r` at position `p` sees keys `p - window < j <= p`. The key loop starts at
+  the tile holding the tile's first row's first key; key tiles that some row of the query
+  tile sees only in part (the window's lower edge) run masked, those inside every row's
+  window unmasked, then the diagonal as before.
+- `sinks` ([num_heads] logits): `exp(sink)` joins each row's softmax denominator, once, where
+  the result is normalised.
 """
 
 from __future__ import annotations
@@ -92,6 +100,8 @@ def _prefill_kernel(
     query_start_loc_ptr,
     seq_lens_ptr,
     block_tables_ptr,
+    sinks_ptr,  # [num_heads] sink logits, read when HAS_SINKS
+    window,  # keys a row sees, itself included; read when HAS_WINDOW
     out_ptr,
     scale_log2,  # softmax scale * log2(e)
     first_seq,
@@ -113,6 +123,8 @@ def _prefill_kernel(
     BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    HAS_SINKS: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
     DOT_DTYPE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
@@ -150,7 +162,34 @@ def _prefill_kernel(
 
     # Keys before the tile's first position are visible to every row: no mask needed.
     unmasked_end = ((context_len + m0) // BLOCK_N) * BLOCK_N
-    for n0 in range(0, unmasked_end, BLOCK_N):
+    unmasked_start = 0
+    if HAS_WINDOW:
+        # Window edge: keys [lo, full) are out of sight for some rows. `lo` is where the
+        # tile's first row starts seeing; from `full` on every row sees every earlier key.
+        last_position = context_len + tl.minimum(m0 + BLOCK_M, q_len) - 1
+        lo = (tl.maximum(context_len + m0 - window + 1, 0) // BLOCK_N) * BLOCK_N
+        full = tl.cdiv(tl.maximum(last_position - window + 1, 0), BLOCK_N) * BLOCK_N
+        unmasked_start = tl.minimum(tl.maximum(full, lo), unmasked_end)
+        for n0 in range(lo, unmasked_start, BLOCK_N):
+            tokens = n0 + tl.arange(0, BLOCK_N)  # all < unmasked_end <= every position
+            blocks = tl.load(table + tokens // BLOCK_SIZE).to(tl.int64)
+            slots = blocks * stride_kb + (tokens % BLOCK_SIZE) * stride_ks
+            k = tl.load(k_base + slots[:, None], mask=dim_mask[None, :], other=0.0)
+            s = tl.dot(q, tl.trans(k.to(DOT_DTYPE)), input_precision=DOT_PRECISION) * scale_log2
+            s = tl.where(tokens[None, :] > positions[:, None] - window, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v_slots = blocks * stride_vb + (tokens % BLOCK_SIZE) * stride_vs
+            v = tl.load(v_base + v_slots[:, None], mask=dim_mask[None, :], other=0.0)
+            acc = tl.dot(
+                p.to(DOT_DTYPE), v.to(DOT_DTYPE), acc * alpha[:, None],
+                input_precision=DOT_PRECISION,
+            )
+            m_i = m_new
+    for n0 in range(unmasked_start, unmasked_end, BLOCK_N):
         tokens = n0 + tl.arange(0, BLOCK_N)
         blocks = tl.load(table + tokens // BLOCK_SIZE).to(tl.int64)
         slots = blocks * stride_kb + (tokens % BLOCK_SIZE) * stride_ks  # [BLOCK_N]
@@ -184,10 +223,16 @@ def _prefill_kernel(
         k = tl.load(k_base + slots[:, None], mask=kv_mask, other=0.0)
         s = tl.dot(q, tl.trans(k.to(DOT_DTYPE)), input_precision=DOT_PRECISION) * scale_log2
         visible = (tokens[None, :] <= positions[:, None]) & token_mask[None, :]
+        if HAS_WINDOW:
+            visible &= tokens[None, :] > positions[:, None] - window
         s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
+        if HAS_WINDOW:  # a row may have seen no key yet
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:  # every row sees key 0 or earlier keys by now
+            m_safe = m_new
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v_slots = blocks * stride_vb + (tokens % BLOCK_SIZE) * stride_vs
         v = tl.load(v_base + v_slots[:, None], mask=kv_mask, other=0.0)
@@ -196,7 +241,13 @@ def _prefill_kernel(
         )
         m_i = m_new
 
-    result = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
+    if HAS_SINKS:
+        sink = tl.load(sinks_ptr + head).to(tl.float32) * 1.4426950408889634  # log2 units
+        m_all = tl.maximum(m_i, sink)
+        denom = l_i * tl.exp2(m_i - m_all) + tl.exp2(sink - m_all)
+        result = acc * (tl.exp2(m_i - m_all) / denom)[:, None]
+    else:
+        result = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]
     tl.store(
         out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + dims[None, :],
         result.to(out_ptr.dtype.element_ty),
@@ -236,11 +287,14 @@ def paged_prefill_attention_triton(
     out: torch.Tensor | None = None,  # [num_tokens, num_heads, head_dim]
     first_seq: int = 0,
     config: tuple[int, int, int, int] | None = None,
+    sinks: torch.Tensor | None = None,  # [num_heads] sink logits (gpt-oss)
+    window: int | None = None,  # keys each row sees, itself included (sliding window)
 ) -> torch.Tensor:
     """Triton causal attention of sequences `first_seq..` over their paged contexts.
 
     No host sync: the grid comes from `max_query_len` (python int, an upper bound of the
     chunk lengths) and the shapes. `config` overrides `prefill_config` (tests, tuning).
+    `sinks` and `window` are gpt-oss's attention sinks and sliding window (module doc).
     """
     if out is None:
         out = torch.empty_like(query)
@@ -252,6 +306,8 @@ def paged_prefill_attention_triton(
     for t in (query, k_cache, v_cache, out):
         if t.stride(-1) != 1:
             raise ValueError("paged_prefill_attention_triton needs a unit stride on head_dim")
+    if window is not None and window < 1:
+        raise ValueError(f"a sliding window needs at least one key, got {window}")
     block_m, block_n, num_warps, num_stages = config or prefill_config(query.dtype, head_dim)
     num_m_tiles = cdiv(max_query_len, block_m)
     _prefill_kernel[(num_m_tiles, num_seqs, num_heads)](
@@ -261,6 +317,8 @@ def paged_prefill_attention_triton(
         query_start_loc,
         seq_lens,
         block_tables,
+        sinks if sinks is not None else out,
+        window if window is not None else 0,
         out,
         scale * math.log2(math.e),
         first_seq,
@@ -282,6 +340,8 @@ def paged_prefill_attention_triton(
         BLOCK_SIZE=block_size,
         BLOCK_M=block_m,
         BLOCK_N=block_n,
+        HAS_SINKS=sinks is not None,
+        HAS_WINDOW=window is not None,
         DOT_DTYPE=dot_dtype(query.dtype),
         DOT_PRECISION=dot_precision(query.dtype),
         num_warps=num_warps,

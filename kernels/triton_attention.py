@@ -11,6 +11,9 @@ CUDA graphs: a pure-decode batch (`num_decodes == num_seqs`) is capture-safe. Ca
 split grid is sized from it once, and a longer context at replay is still computed correctly
 (its last split runs to the end), just with less parallelism. Output rows of padding tokens
 past `query_start_loc[-1]` are left unwritten.
+
+gpt-oss's attention sinks and sliding windows ride along as `sinks` and `window`
+(`supports_sinks`); without them the kernels are the plain ones, unchanged.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ __all__ = ["TritonAttentionBackend"]
 class TritonAttentionBackend:
     """Paged attention with Triton kernels (CUDA; the CPU interpreter in tests)."""
 
+    supports_sinks = True  # `forward` takes `sinks` and `window`
+
     def forward(
         self,
         query: torch.Tensor,  # [num_tokens, num_heads, head_dim]
@@ -37,6 +42,8 @@ class TritonAttentionBackend:
         v_cache: torch.Tensor,
         meta: AttentionMetadata,
         scale: float,
+        sinks: torch.Tensor | None = None,  # [num_heads] sink logits
+        window: int | None = None,  # keys each query sees, itself included
     ) -> torch.Tensor:  # [num_tokens, num_heads, head_dim]
         write_kv_cache_triton(key, value, k_cache, v_cache, meta.slot_mapping)
         query = query if query.stride(-1) == 1 else query.contiguous()
@@ -52,6 +59,8 @@ class TritonAttentionBackend:
                 meta.max_seq_len,
                 scale,
                 out=out[:num_decodes],
+                sinks=sinks,
+                window=window,
             )
         if meta.num_seqs > num_decodes:
             paged_prefill_attention_triton(
@@ -65,5 +74,7 @@ class TritonAttentionBackend:
                 scale,
                 out=out,
                 first_seq=num_decodes,
+                sinks=sinks,
+                window=window,
             )
         return out
