@@ -11,6 +11,10 @@ The Triton version sorts the token-expert pairs by expert (`moe_align`) and runs
 grouped GEMMs over blocks of `BLOCK_M` pairs that share an expert: w13 with the SwiGLU
 applied in the epilogue (the `[pairs, 2 * inter]` product is never stored), then w2 with
 the routing weight applied; a sum over top-k ends it. No host sync: CUDA-graph safe.
+
+The down kernel also serves gpt-oss's experts (`clamped_swiglu_moe`): any weight strides
+(its `down [E, inter, hidden]` keeps the checkpoint's layout) and an optional per-expert
+bias (`HAS_BIAS`, compiled away here).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from corral.kernels._triton import cdiv, dot_dtype, dot_precision, jit, tl, use_triton
-from corral.kernels.moe_align import align_pairs_by_expert
+from corral.kernels.moe_align import AlignedPairs, align_pairs_by_expert
 
 __all__ = ["fused_moe", "fused_moe_torch", "fused_moe_triton"]
 
@@ -109,7 +113,8 @@ def _moe_gate_up_kernel(
 @jit(do_not_specialize=("num_pairs",))
 def _moe_down_kernel(
     act_ptr,  # [num_pairs, INTER]
-    w_ptr,  # [num_experts, HIDDEN, INTER]
+    w_ptr,  # expert e's [INTER, HIDDEN] matrix at e * stride_we, any strides
+    bias_ptr,  # [num_experts, HIDDEN] down bias, read when HAS_BIAS
     weights_ptr,  # [num_pairs] routing weights
     out_ptr,  # [num_pairs, HIDDEN]: weight * down(act) of each pair
     sorted_pairs_ptr,
@@ -117,10 +122,13 @@ def _moe_down_kernel(
     num_pairs,
     stride_a,
     stride_we,
-    stride_wn,
+    stride_wn,  # along HIDDEN
+    stride_wk,  # along INTER (1 for Qwen3-MoE's [E, HIDDEN, INTER])
+    stride_be,
     stride_o,
     HIDDEN: tl.constexpr,
     INTER: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -146,17 +154,21 @@ def _moe_down_kernel(
         is_k = k0 + ks < INTER
         a = tl.load(a_rows + (k0 + ks)[None, :], mask=is_pair[:, None] & is_k[None, :],
                     other=0.0).to(DOT_DTYPE)
-        w = tl.load(w_cols + (k0 + ks)[:, None], mask=is_k[:, None] & is_col[None, :],
-                    other=0.0).to(DOT_DTYPE)
+        w = tl.load(w_cols + (k0 + ks)[:, None] * stride_wk,
+                    mask=is_k[:, None] & is_col[None, :], other=0.0).to(DOT_DTYPE)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
     dtype = out_ptr.dtype.element_ty
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + expert.to(tl.int64) * stride_be + cols, mask=is_col,
+                       other=0.0)
+        acc += bias.to(tl.float32)[None, :]
     weight = tl.load(weights_ptr + pair_rows, mask=is_pair, other=0.0).to(tl.float32)
     out = acc.to(dtype).to(tl.float32) * weight[:, None]
     tl.store(out_ptr + pair_rows[:, None] * stride_o + cols[None, :], out.to(dtype),
              mask=is_pair[:, None] & is_col[None, :])
 
 
-def _blocks(num_pairs: int, num_experts: int, device: torch.device) -> tuple[int, int, int]:
+def moe_blocks(num_pairs: int, num_experts: int, device: torch.device) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K). Few pairs per expert (decode): short row blocks, so
     that padding wastes little; many (prefill): taller blocks reuse each weight tile more.
     Not yet tuned on a GPU."""
@@ -189,7 +201,7 @@ def fused_moe_triton(
     if num_tokens == 0:
         return out
     num_pairs = num_tokens * top_k
-    block_m, block_n, block_k = _blocks(num_pairs, num_experts, hidden.device)
+    block_m, block_n, block_k = moe_blocks(num_pairs, num_experts, hidden.device)
     aligned = align_pairs_by_expert(topk_ids, num_experts, block_m)
     num_blocks = aligned.block_experts.numel()
     consts = dict(BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
@@ -202,12 +214,31 @@ def fused_moe_triton(
     )
     weights = topk_weights.reshape(-1).to(hidden.dtype)  # rounded as transformers does
     down = torch.empty((num_pairs, hidden_size), dtype=hidden.dtype, device=hidden.device)
-    _moe_down_kernel[(num_blocks, cdiv(hidden_size, block_n))](
-        act, w2, weights, down, aligned.sorted_pairs, aligned.block_experts, num_pairs,
-        act.stride(0), w2.stride(0), w2.stride(1), down.stride(0),
-        HIDDEN=hidden_size, INTER=inter, **consts,
-    )
+    moe_down(act, w2, None, weights, aligned, w2.stride(1), w2.stride(2), down,
+             (block_m, block_n, block_k))
     return torch.sum(down.view(num_tokens, top_k, hidden_size), dim=1, out=out)
+
+
+def moe_down(act: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+             weights: torch.Tensor, aligned: AlignedPairs, stride_wn: int, stride_wk: int,
+             out: torch.Tensor, blocks: tuple[int, int, int]) -> torch.Tensor:
+    """Launch the down kernel: `out[p] = weights[p] * (act[p] @ W_e + bias_e)` for every
+    pair `p` of expert `e`. act: [num_pairs, inter]; w: experts stacked on dim 0, element
+    (k along inter, n along hidden) at `k * stride_wk + n * stride_wn`; out:
+    [num_pairs, hidden]."""
+    num_pairs, inter = act.shape
+    hidden_size = out.shape[1]
+    block_m, block_n, block_k = blocks
+    _moe_down_kernel[(aligned.block_experts.numel(), cdiv(hidden_size, block_n))](
+        act, w, bias if bias is not None else w, weights, out, aligned.sorted_pairs,
+        aligned.block_experts, num_pairs,
+        act.stride(0), w.stride(0), stride_wn, stride_wk,
+        bias.stride(0) if bias is not None else 0, out.stride(0),
+        HIDDEN=hidden_size, INTER=inter, HAS_BIAS=bias is not None,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        DOT_DTYPE=dot_dtype(act.dtype), DOT_PRECISION=dot_precision(act.dtype),
+    )
+    return out
 
 
 def fused_moe(
