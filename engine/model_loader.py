@@ -66,6 +66,19 @@ SHAPES: dict[str, dict] = {
         max_position_embeddings=40960, tie_word_embeddings=False, attention_bias=False,
         rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
     ),
+    # gpt-oss-20b: 32 experts of width 2880, 4 per token; sliding windows of 128 keys on
+    # every other layer, per-head sinks, YaRN rotary (the real config's fields).
+    "gpt-oss-20b": dict(
+        model_type="gpt_oss", hidden_size=2880, intermediate_size=2880, num_hidden_layers=24,
+        num_attention_heads=64, num_key_value_heads=8, head_dim=64, num_local_experts=32,
+        num_experts_per_tok=4, sliding_window=128,
+        layer_types=["sliding_attention", "full_attention"] * 12, attention_bias=True,
+        swiglu_limit=7.0, rms_norm_eps=1e-5, max_position_embeddings=131072,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0,
+                         "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                         "original_max_position_embeddings": 4096},
+    ),
 }
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)_proj\.(weight|bias)$")

@@ -110,10 +110,6 @@ def make_attention_backend(name: str, device: torch.device):
     return TorchAttentionBackend()
 
 
-# Architectures whose layers have only a torch path so far.
-CPU_ONLY_ARCHITECTURES = ("gpt_oss",)
-
-
 class ModelRunner:
     """Runs the model over flattened batches against the paged KV cache."""
 
@@ -126,10 +122,6 @@ class ModelRunner:
         device = pick_device(config.device)
         self.hf_config = load_config(model_dir, config.shape, vocab_size_hint)
         check_tensor_parallel(self.hf_config, config.tensor_parallel_size)
-        if self.hf_config.model_type in CPU_ONLY_ARCHITECTURES and device.type != "cpu":
-            raise ParamError("device", f"{self.hf_config.model_type} runs on the CPU for now "
-                             "(its GPU kernels: attention sinks, sliding windows, MXFP4 "
-                             "experts, are not built yet); use --device cpu")
         self.workers: list = []
         self.tp = TensorParallel()
         if config.tensor_parallel_size > 1:

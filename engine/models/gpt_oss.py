@@ -10,9 +10,13 @@ mixture of experts with a clamped SwiGLU and biases everywhere.
   `(up + 1) * gate * sigmoid(alpha * gate)`, then its down projection with bias.
 
 Expert tensors keep the checkpoint's layout: `gate_up_proj [E, hidden, 2I]`,
-`down_proj [E, I, hidden]` (MXFP4 checkpoints are dequantized to it at load). The experts
-run one by one in torch and attention goes through the torch sink path: gpt-oss runs on the
-CPU path for now, on one rank.
+`down_proj [E, I, hidden]` (MXFP4 checkpoints are dequantized to it at load).
+
+On a GPU attention runs in the Triton backend's kernels with `sinks` and `window`
+(`kernels/triton_attention.py`) and the experts in one grouped kernel
+(`kernels/clamped_swiglu_moe.py`): no host sync, so decode steps run in CUDA graphs. On the
+CPU (or with the torch attention backend) attention takes the torch sink path
+(`engine/sink_attention.py`) and the experts run one by one. One rank for now.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from corral.grammars.param_error import ParamError
+from corral.kernels import clamped_swiglu_moe as moe
 from corral.kernels.rotary_embedding import rotary_embedding
 
 from ..attention import AttentionMetadata
@@ -32,10 +37,15 @@ from .rotary import RotaryEmbedding
 
 
 class SinkAttention(Attention):
-    """Llama attention with an output bias, per-head sinks and an optional window."""
+    """Llama attention with an output bias, per-head sinks and an optional window.
 
-    def __init__(self, config, layer_idx: int, rotary: RotaryEmbedding, tp: TensorParallel):
-        backend = SinkAttentionBackend()
+    Runs on the model's backend when that takes sinks (`supports_sinks`: the Triton one),
+    else on the torch sink path."""
+
+    def __init__(self, config, layer_idx: int, rotary: RotaryEmbedding, backend,
+                 tp: TensorParallel):
+        if not getattr(backend, "supports_sinks", False):
+            backend = SinkAttentionBackend()
         super().__init__(config, layer_idx, rotary, backend, tp)
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=True)
         self.sinks = nn.Parameter(torch.empty(self.num_heads))
@@ -58,7 +68,8 @@ class SinkAttention(Attention):
 
 
 class ClampedSwiGLUExperts(nn.Module):
-    """`num_experts` MLPs in the checkpoint's stacked layout, run one expert at a time."""
+    """`num_experts` MLPs in the checkpoint's stacked layout (`kernels/clamped_swiglu_moe`:
+    one grouped kernel on a GPU, one expert at a time in torch elsewhere)."""
 
     def __init__(self, config):
         super().__init__()
@@ -74,16 +85,9 @@ class ClampedSwiGLUExperts(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
                 ids: torch.Tensor) -> torch.Tensor:
         """x: [T, hidden]; weights, ids: [T, top_k] -> [T, hidden]."""
-        out = torch.zeros_like(x)
-        for expert in ids.unique().tolist():
-            tokens, slot = torch.where(ids == expert)
-            gate_up = x[tokens] @ self.gate_up_proj[expert] + self.gate_up_proj_bias[expert]
-            gate = gate_up[:, ::2].clamp(max=self.limit)
-            up = gate_up[:, 1::2].clamp(-self.limit, self.limit)
-            act = (up + 1) * gate * torch.sigmoid(gate * self.alpha)
-            y = act @ self.down_proj[expert] + self.down_proj_bias[expert]
-            out.index_add_(0, tokens, (y * weights[tokens, slot, None]).to(x.dtype))
-        return out
+        return moe.clamped_swiglu_moe(
+            x.contiguous(), self.gate_up_proj, self.gate_up_proj_bias, self.down_proj,
+            self.down_proj_bias, weights, ids, self.alpha, self.limit)
 
 
 class RoutedExperts(nn.Module):
@@ -115,4 +119,4 @@ class GptOssForCausalLM(LlamaForCausalLM):
 
     def make_attention(self, config, layer_idx: int, rotary: RotaryEmbedding, backend,
                        tp: TensorParallel) -> nn.Module:
-        return SinkAttention(config, layer_idx, rotary, tp)
+        return SinkAttention(config, layer_idx, rotary, backend, tp)

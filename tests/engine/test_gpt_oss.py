@@ -5,6 +5,7 @@ transformers' `generate` (float32, CPU)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from corral.engine import LLM, SamplingParams
@@ -140,15 +141,75 @@ def test_mxfp4_checkpoint_loads_as_its_dequantized_weights(tmp_path):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_gpu_is_refused_by_name(tmp_path):
-    import pytest
+def _chunked_logits(model, kv_caches, ids: torch.Tensor) -> torch.Tensor:
+    """Two prefill chunks, then paged decode steps, through `model`; [len(ids), vocab]."""
+    block_table = [3, 7, 1, 12]
+    got = []
+    done = 0
+    with torch.inference_mode():
+        for n in [12, 8] + [1] * (len(ids) - 20):
+            positions, meta = meta_for(done, n, block_table, 8)
+            device = kv_caches[0][0].device
+            meta.query_start_loc, meta.seq_lens, meta.block_tables, meta.slot_mapping = (
+                t.to(device) for t in (meta.query_start_loc, meta.seq_lens,
+                                       meta.block_tables, meta.slot_mapping))
+            hidden = model(ids[done : done + n].to(device), positions.to(device), kv_caches,
+                           meta)
+            got.append(model.compute_logits(hidden).cpu())
+            done += n
+    return torch.cat(got)
 
-    from corral.grammars.param_error import ParamError
 
-    make_checkpoint(tmp_path, vocab_size=256)
-    with pytest.raises(ParamError, match="runs on the CPU"):
-        ModelRunner(EngineConfig(model=str(tmp_path), num_blocks=16, dtype="float32",
-                                 device="cuda"), tmp_path, None, None)
+def _triton_model(path, device: torch.device, dtype: torch.dtype = torch.float32):
+    """The checkpoint on the Triton attention backend (interpreted on the CPU)."""
+    from corral.engine.model_loader import build_model, load_config, load_weights
+    from corral.kernels.triton_attention import TritonAttentionBackend
+
+    config = load_config(path, None, None)
+    model = build_model(config, TritonAttentionBackend(), 512, dtype, device)
+    load_weights(model, path)
+    shape = (16, 8, config.num_key_value_heads, config.head_dim)
+    caches = [(torch.zeros(shape, device=device, dtype=dtype),
+               torch.zeros(shape, device=device, dtype=dtype)) for _ in model.layers]
+    return model, caches
+
+
+def test_triton_kernels_give_transformers_logits(tmp_path, monkeypatch):
+    """The GPU path's kernels (sink/window attention, the grouped clamped-SwiGLU experts)
+    through Triton's CPU interpreter: logits equal transformers' (float32)."""
+    from corral.kernels import clamped_swiglu_moe as moe
+    from corral.kernels.triton_attention import TritonAttentionBackend
+
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setattr(moe, "use_triton", lambda tensor: True)
+    reference = make_checkpoint(tmp_path, vocab_size=256)
+    model, caches = _triton_model(tmp_path, torch.device("cuda" if torch.cuda.is_available()
+                                                         else "cpu"))
+    assert all(isinstance(layer.self_attn.backend, TritonAttentionBackend)
+               for layer in model.layers)
+    torch.manual_seed(1)
+    ids = torch.randint(0, 256, (26,))
+    with torch.inference_mode():
+        expected = reference(ids.unsqueeze(0)).logits[0]
+    torch.testing.assert_close(_chunked_logits(model, caches, ids), expected, rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_gpt_oss_20b_shape_is_the_real_config(model_families_dir):
+    """The named shape for dummy-weight benchmarks has the real gpt-oss-20b config's
+    fields (and so its rotary frequencies)."""
+    import transformers
+
+    from corral.engine.model_loader import SHAPES, load_config
+    from corral.engine.models.rotary import inverse_frequencies
+
+    real = transformers.AutoConfig.from_pretrained(model_families_dir / "gpt-oss")
+    shape = load_config(None, "gpt-oss-20b", real.vocab_size)
+    for field in SHAPES["gpt-oss-20b"]:
+        assert getattr(shape, field) == getattr(real, field), field
+    ours, theirs = inverse_frequencies(shape, 64), inverse_frequencies(real, 64)
+    assert torch.equal(ours[0], theirs[0]) and ours[1] == theirs[1]
 
 
 def test_the_real_gpt_oss_20b_config_builds_and_maps_every_checkpoint_tensor(
@@ -178,3 +239,42 @@ def test_the_real_gpt_oss_20b_config_builds_and_maps_every_checkpoint_tensor(
     assert {n: p.shape[0] for n, p in params.items()} == filled
     windows = [layer.self_attn.window for layer in ours.layers]
     assert windows == [128, None] * 12
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_logits_match_transformers(tmp_path, dtype):
+    """On a GPU: the Triton kernels' logits against transformers' float32 ones on the CPU
+    (float32: equal to 1e-3; bfloat16: within its rounding)."""
+    reference = make_checkpoint(tmp_path, vocab_size=256)
+    model, caches = _triton_model(tmp_path, torch.device("cuda"), dtype)
+    torch.manual_seed(1)
+    ids = torch.randint(0, 256, (40,))
+    with torch.inference_mode():
+        expected = reference(ids.unsqueeze(0)).logits[0]
+    got = _chunked_logits(model, caches, ids)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
+    else:
+        error = float((got.double() - expected.double()).norm() / expected.double().norm())
+        assert error < 3e-2, error
+
+
+@pytest.mark.gpu
+def test_gpu_greedy_tokens_match_the_cpu_path(tmp_path, model_dir):
+    """`LLM` on a GPU (Triton kernels, CUDA-graph decodes) against `LLM` on the CPU (torch
+    path), greedy, float32, on prompts shorter and longer than the window: equal tokens."""
+    import transformers
+
+    vocab_size = len(transformers.AutoTokenizer.from_pretrained(model_dir))
+    make_checkpoint(tmp_path, vocab_size, std=0.2)
+    prompts = [[1, 2, 3, 4, 5], list(range(100, 140)), [7] * 21, list(range(300, 500))]
+    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+    got = {}
+    for device in ("cuda", "cpu"):
+        with LLM(str(tmp_path), tokenizer=str(model_dir), dtype="float32", device=device,
+                 num_blocks=128, max_model_len=512, max_num_seqs=8) as llm:
+            if device == "cuda":
+                assert llm.engine.runner.graphs is not None  # decodes replay CUDA graphs
+            got[device] = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    assert got["cuda"] == got["cpu"]
