@@ -7,6 +7,11 @@ over the copy bandwidth measured on the same card in the same run. With
 `--tensor-parallel-size N` each GPU reads its shard: the floor is one rank's bytes (the
 ranks read theirs at the same time), and the step includes the all-reduces.
 
+Mixture-of-experts shapes (`qwen3-30b-a3b`, `gpt-oss-20b`): a step reads only the experts
+its tokens are routed to. The floor counts the dense weights plus, of each layer's experts,
+the share a batch of `B` tokens touches when each picks `k` of `E` experts at random:
+`1 - (1 - k/E)^B` (random weights route close to uniformly).
+
     python benchmarks/decode_floor.py --shape llama3-8b --load-format dummy \\
         --model TOKENIZER_DIR --batch-sizes 1 32 128 256 --context 1024
 """
@@ -38,6 +43,23 @@ def copy_bandwidth(num_bytes: int = 2 * 1024**3) -> float:
         dst.copy_(src)
     torch.cuda.synchronize()
     return num_bytes * reps / (time.perf_counter() - start)
+
+
+def weight_bytes_read(model, hf_config, batch: int) -> tuple[int, int]:
+    """(bytes of the dense weights, expected bytes of the experts a decode step of `batch`
+    tokens reads)."""
+    dense = experts = 0
+    for name, param in model.named_parameters():
+        size = param.numel() * param.element_size()
+        if ".experts." in name:
+            experts += size
+        else:
+            dense += size
+    if experts:
+        num_experts = getattr(hf_config, "num_local_experts", None) or hf_config.num_experts
+        share = 1 - (1 - hf_config.num_experts_per_tok / num_experts) ** batch
+        experts = int(experts * share)
+    return dense, experts
 
 
 def set_mode(llm: LLM, mode: str) -> None:
@@ -90,17 +112,20 @@ def main() -> None:
               tensor_parallel_size=args.tensor_parallel_size)
     runner = llm.engine.runner
     weight_bytes = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    dense_bytes = weight_bytes_read(runner.model, runner.hf_config, 1)[0]
     kv_bytes_per_token = runner.kv_bytes_per_block // runner.block_size
     bandwidth = copy_bandwidth()
     print(f"\n{torch.cuda.get_device_name()}: copy bandwidth {bandwidth / 1e9:.0f} GB/s; "
-          f"weights {weight_bytes / 1e9:.2f} GB; KV {kv_bytes_per_token / 1024:.0f} KiB/token; "
+          f"weights {weight_bytes / 1e9:.2f} GB ({dense_bytes / 1e9:.2f} GB outside experts); "
+          f"KV {kv_bytes_per_token / 1024:.0f} KiB/token; "
           f"context {args.context}; tensor parallel {args.tensor_parallel_size} (per rank)")
     print(f"{'mode':>6} {'batch':>6} {'step ms':>9} {'floor ms':>9} {'ratio':>7} {'tok/s':>9}")
     for batch in args.batch_sizes:
         for mode in args.modes:
             set_mode(llm, mode)
             step = time_decode_steps(llm, batch, args.context, args.steps)
-            floor = (weight_bytes + batch * args.context * kv_bytes_per_token) / bandwidth
+            dense, experts = weight_bytes_read(runner.model, runner.hf_config, batch)
+            floor = (dense + experts + batch * args.context * kv_bytes_per_token) / bandwidth
             print(f"{mode:>6} {batch:>6} {step * 1e3:>9.2f} {floor * 1e3:>9.2f} "
                   f"{step / floor:>7.2f} {batch / step:>9.0f}")
     llm.shutdown()

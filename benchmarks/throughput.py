@@ -7,6 +7,9 @@ naive server) and one request at a time, then prints output tokens/s and the rat
     python benchmarks/throughput.py                       # CPU, the embedded model
     python benchmarks/throughput.py --device cuda --shape llama3-8b --load-format dummy \\
         --num-requests 256 --prompt-len 128 1024 --output-len 64 512 --hf-requests 128
+    python benchmarks/throughput.py --device cuda --shape gpt-oss-20b --load-format dummy \\
+        --num-requests 128 --prompt-len 128 512 --output-len 64 256 --hf-requests 32 \\
+        --hf-batch-size 32 --single-requests 1
 
 Static batches generate until their longest request is done; only the tokens each request
 asked for count as output. The one-at-a-time baseline runs on the first `--single-requests`
@@ -147,7 +150,12 @@ def build_transformers_model(args, dtype: torch.dtype):
     config = load_config(model_dir, args.shape, vocab)
     torch.manual_seed(args.seed)
     with torch.device(args.device):
-        model = LlamaForCausalLM(config).to(dtype).eval()
+        if config.model_type == "gpt_oss":
+            # Its own class (sinks, windows, experts), built straight in `dtype`: at
+            # gpt-oss-20b a float32 copy first would not fit beside the bfloat16 one.
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+        else:
+            model = LlamaForCausalLM(config).to(dtype).eval()
     return model
 
 

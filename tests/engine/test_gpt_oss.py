@@ -43,7 +43,7 @@ def make_checkpoint(path, vocab_size: int, std: float = 0.05):
 def test_logits_match_transformers(tmp_path):
     reference = make_checkpoint(tmp_path, vocab_size=256)
     runner = ModelRunner(EngineConfig(model=str(tmp_path), num_blocks=16, block_size=8,
-                                      dtype="float32"),
+                                      dtype="float32", device="cpu"),
                          tmp_path, None, None)
     runner.allocate_kv_cache()
     assert [layer.self_attn.window for layer in runner.model.layers] == [4, None]
@@ -131,7 +131,7 @@ def test_mxfp4_checkpoint_loads_as_its_dequantized_weights(tmp_path):
             reference.get_parameter(name).copy_(expert_matrix(blocks, scales))
     save_file(state, str(file), metadata={"format": "pt"})
     runner = ModelRunner(EngineConfig(model=str(tmp_path), num_blocks=16, block_size=8,
-                                      dtype="float32"), tmp_path, None, None)
+                                      dtype="float32", device="cpu"), tmp_path, None, None)
     runner.allocate_kv_cache()
     ids = torch.randint(0, 256, (10,))
     with torch.inference_mode():
