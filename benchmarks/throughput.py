@@ -10,10 +10,17 @@ naive server) and one request at a time, then prints output tokens/s and the rat
     python benchmarks/throughput.py --device cuda --shape gpt-oss-20b --load-format dummy \\
         --num-requests 128 --prompt-len 128 512 --output-len 64 256 --hf-requests 32 \\
         --hf-batch-size 32 --single-requests 1
+    python benchmarks/throughput.py --shape qwen3-moe-tiny --load-format dummy --dtype float32 \\
+        --num-requests 8 --prompt-len 16 64 --output-len 8 32
 
 Static batches generate until their longest request is done; only the tokens each request
 asked for count as output. The one-at-a-time baseline runs on the first `--single-requests`
 requests (its rate per token does not depend on how many run).
+
+With random weights (`--load-format dummy`) the baseline is transformers' own class for the
+shape's `model_type`, and Corral then loads exactly its weights; the run reports how many of
+the static batches' requests got the same greedy tokens from both (all or nearly all in
+float32; bfloat16 rounding lets long outputs drift apart).
 """
 
 from __future__ import annotations
@@ -97,7 +104,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def run_corral(llm: LLM, workload, device: str) -> tuple[float, int]:
+def run_corral(llm: LLM, workload, device: str) -> tuple[float, int, list[list[int]]]:
+    """All requests through the engine at once; returns the time, the output tokens and
+    each request's tokens."""
     prompts = [p for p, _ in workload]
     params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for _, n in workload]
     llm.generate(prompts[:2], [SamplingParams(max_tokens=4, ignore_eos=True)] * 2)  # warm-up
@@ -106,15 +115,19 @@ def run_corral(llm: LLM, workload, device: str) -> tuple[float, int]:
     outputs = llm.generate(prompts, params)
     sync(device)
     elapsed = time.perf_counter() - start
-    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    generated = [list(o.outputs[0].token_ids) for o in outputs]
+    tokens = sum(len(g) for g in generated)
     assert tokens == sum(n for _, n in workload), "Corral produced fewer tokens than asked"
-    return elapsed, tokens
+    return elapsed, tokens, generated
 
 
 def run_transformers(model, workload, batch_size: int, pad_id: int,
-                     device: str) -> tuple[float, int]:
-    """Padded static batches: left-pad prompts, generate to the batch's longest output."""
+                     device: str) -> tuple[float, int, list[list[int]]]:
+    """Padded static batches: left-pad prompts, generate to the batch's longest output.
+    Returns the time, the output tokens asked for and each request's tokens (as many as it
+    asked for)."""
     elapsed, tokens = 0.0, 0
+    generated: list[list[int]] = []
     for i in range(0, len(workload), batch_size):
         batch = workload[i : i + batch_size]
         width = max(len(p) for p, _ in batch)
@@ -127,17 +140,23 @@ def run_transformers(model, workload, batch_size: int, pad_id: int,
         sync(device)
         start = time.perf_counter()
         with torch.inference_mode():
-            model.generate(ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                           max_new_tokens=new, min_new_tokens=new, pad_token_id=pad_id)
+            out = model.generate(ids.to(device), attention_mask=mask.to(device),
+                                 do_sample=False, max_new_tokens=new, min_new_tokens=new,
+                                 pad_token_id=pad_id)
         sync(device)
         elapsed += time.perf_counter() - start
         tokens += sum(n for _, n in batch)
-    return elapsed, tokens
+        generated += [row[width : width + n] for row, (_, n) in zip(out.tolist(), batch,
+                                                                      strict=True)]
+    return elapsed, tokens, generated
 
 
 def build_transformers_model(args, dtype: torch.dtype):
-    """transformers' model: the checkpoint, or random weights of the named shape."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+    """transformers' model: the checkpoint, or random weights of the named shape in
+    transformers' own class for its `model_type` (Llama, Qwen3's q/k norms, Qwen3-MoE's and
+    gpt-oss's experts), built straight in `dtype` on the device (at 30B parameters a
+    float32 copy first would not fit beside the bfloat16 one)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from corral.engine.model_files import resolve_model_dir
     from corral.engine.model_loader import load_config
@@ -150,13 +169,15 @@ def build_transformers_model(args, dtype: torch.dtype):
     config = load_config(model_dir, args.shape, vocab)
     torch.manual_seed(args.seed)
     with torch.device(args.device):
-        if config.model_type == "gpt_oss":
-            # Its own class (sinks, windows, experts), built straight in `dtype`: at
-            # gpt-oss-20b a float32 copy first would not fit beside the bfloat16 one.
-            model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
-        else:
-            model = LlamaForCausalLM(config).to(dtype).eval()
-    return model
+        return AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+
+
+def greedy_agreement(theirs: list[list[int]], ours: list[list[int]]) -> str:
+    """How many requests got the same tokens from both systems, first token and all."""
+    first = sum(a[:1] == b[:1] for a, b in zip(theirs, ours, strict=True))
+    whole = sum(a == b for a, b in zip(theirs, ours, strict=True))
+    return (f"same greedy tokens as transformers' static batches: first token {first}/"
+            f"{len(theirs)} requests, all tokens {whole}/{len(theirs)}")
 
 
 def main() -> None:
@@ -200,18 +221,19 @@ def main() -> None:
     workload = make_workload(args, len(tokenizer))
     rows = []
     dummy_state = None
+    hf_tokens: list[list[int]] = []
     if not args.skip_transformers:
         # transformers runs first and alone on the device; with dummy weights, Corral then
         # loads exactly the weights transformers used.
         hf = build_transformers_model(args, dtype)
         hf_work = workload[: args.hf_requests] if args.hf_requests else workload
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        t, n = run_transformers(hf, hf_work, args.hf_batch_size, pad, args.device)
+        t, n, hf_tokens = run_transformers(hf, hf_work, args.hf_batch_size, pad, args.device)
         rows.append((f"transformers, static batches of {args.hf_batch_size}", len(hf_work), n, t))
         single = workload[: args.single_requests]
-        t, n = run_transformers(hf, single, 1, pad, args.device)
+        t, n, _ = run_transformers(hf, single, 1, pad, args.device)
         rows.append(("transformers, one request at a time", len(single), n, t))
-        if args.load_format == "dummy":
+        if args.load_format == "dummy":  # in transformers' names and in-memory layout
             dummy_state = {k: v.to("cpu") for k, v in hf.state_dict().items()}
         del hf
         gc.collect()
@@ -227,7 +249,7 @@ def main() -> None:
 
         load_named_tensors(llm.engine.runner.model, dummy_state.items())
         del dummy_state
-    t, n = run_corral(llm, workload, args.device)
+    t, n, corral_tokens = run_corral(llm, workload, args.device)
     rows.append(("corral", len(workload), n, t))
     structured = None
     if args.structured:
@@ -236,7 +258,7 @@ def main() -> None:
         # Constrained outputs stop where their JSON ends; the fair baseline is the same
         # requests unconstrained with exactly those output lengths.
         matched = [(p, n) for (p, _), n in zip(workload, lengths, strict=True)]
-        tm, nm = run_corral(llm, matched, args.device)
+        tm, nm, _ = run_corral(llm, matched, args.device)
         structured = (sum(lengths), ts, masks, nm, tm)
 
     device_name = (torch.cuda.get_device_name() if args.device.startswith("cuda")
@@ -251,6 +273,8 @@ def main() -> None:
     corral_rate = rows[-1][2] / rows[-1][3]
     for name, _, n, t in rows[:-1]:
         print(f"corral / {name}: {corral_rate / (n / t):.2f}x")
+    if not args.skip_transformers:
+        print(greedy_agreement(hf_tokens, corral_tokens[: len(hf_tokens)]))
     if structured is not None:
         ns, ts, masks, nm, tm = structured
         print(f"{'corral, JSON-schema constrained':<40} {len(workload):>8} {ns:>10} "

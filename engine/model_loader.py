@@ -2,7 +2,8 @@
 
 Checkpoint names follow the Hugging Face layout (`model.layers.N.self_attn.q_proj.weight`
 ...). q/k/v are written into slices of the fused `qkv_proj`, gate/up into `gate_up_proj`;
-a MoE layer's `mlp.experts.E.{gate,up,down}_proj` into expert E of the stacked `w13`/`w2`.
+a MoE layer's `mlp.experts.E.{gate,up,down}_proj` into expert E of the stacked `w13`/`w2`
+(transformers' in-memory `mlp.experts.{gate_up,down}_proj`, all experts stacked, too).
 """
 
 from __future__ import annotations
@@ -45,6 +46,22 @@ SHAPES: dict[str, dict] = {
         max_position_embeddings=8192, tie_word_embeddings=True,
         rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
     ),
+    # The same few million parameters for Qwen3 (per-head q/k norms) and Qwen3-MoE (16
+    # experts, 4 per token): host-side costs, and a quick end-to-end check of both families.
+    "qwen3-tiny": dict(
+        model_type="qwen3", hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, rms_norm_eps=1e-6,
+        max_position_embeddings=8192, tie_word_embeddings=True, attention_bias=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    ),
+    "qwen3-moe-tiny": dict(
+        model_type="qwen3_moe", hidden_size=256, intermediate_size=512,
+        moe_intermediate_size=128, num_experts=16, num_experts_per_tok=4,
+        norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[], num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, rms_norm_eps=1e-6,
+        max_position_embeddings=8192, tie_word_embeddings=True, attention_bias=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+    ),
     "qwen3-8b": dict(
         model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
         num_attention_heads=32, num_key_value_heads=8, head_dim=128, rms_norm_eps=1e-6,
@@ -83,6 +100,9 @@ SHAPES: dict[str, dict] = {
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)_proj\.(weight|bias)$")
 _EXPERT = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(\d+)\.(gate|up|down)_proj\.weight$")
+# transformers' in-memory stacked experts (Qwen3-MoE): `gate_up_proj [E, 2I, hidden]`, gate
+# rows first, and `down_proj [E, hidden, I]`, where checkpoints hold one tensor per expert.
+_STACKED_EXPERTS = re.compile(r"^model\.layers\.(\d+)\.mlp\.experts\.(gate_up|down)_proj$")
 
 
 def load_config(model_dir: Path, shape: str | None, vocab_size: int | None):
@@ -139,7 +159,7 @@ def load_named_tensors(model: LlamaForCausalLM, tensors: Iterable[tuple[str, Any
     be anything sliced like one (a safetensors slice reads only the rows it is asked for)."""
     params = dict(model.named_parameters())
     loaded: dict[str, int] = {}  # parameter -> rows written (of all experts when stacked)
-    for name, tensor in _dequantized(tensors):
+    for name, tensor in _per_expert(model, params, _dequantized(tensors)):
         target, offset, shard = _target_of(model, name)
         if target is None or target not in params:
             continue
@@ -178,6 +198,34 @@ def _dequantized(tensors: Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any]
             yield base, expert_matrix(pair["_blocks"], pair["_scales"])
     if halves:
         raise ParamError("model", f"MXFP4 tensors without their other half: {sorted(halves)}")
+
+
+def _per_expert(model: LlamaForCausalLM, params: dict[str, torch.nn.Parameter],
+                tensors: Iterable[tuple[str, Any]]) -> Iterable[tuple[str, Any]]:
+    """The tensors, with transformers' stacked experts (a Qwen3-MoE model's `state_dict()`
+    in memory) as the checkpoint's one tensor per expert projection (views, no copies).
+    A model whose own parameters carry those names (gpt-oss) gets them as they are."""
+    for name, tensor in tensors:
+        m = _STACKED_EXPERTS.match(name)
+        experts = None if m is None else getattr(model.layers[int(m[1])].mlp, "experts", None)
+        if m is None or name[len("model."):] in params or not hasattr(experts, "w13"):
+            yield name, tensor
+            continue
+        stacked = torch.as_tensor(tensor[:])
+        hidden, inter = experts.w2.shape[1], experts.intermediate_size * model.tp.size
+        gate_up = m[2] == "gate_up"
+        expected = (experts.num_experts, 2 * inter, hidden) if gate_up else (
+            experts.num_experts, hidden, inter)
+        if tuple(stacked.shape) != expected:
+            raise ParamError("model", f"{name} has shape {tuple(stacked.shape)}, expected "
+                             f"{expected}")
+        prefix = f"model.layers.{m[1]}.mlp.experts."
+        for expert, weights in enumerate(stacked):
+            if gate_up:
+                yield f"{prefix}{expert}.gate_proj.weight", weights[:inter]
+                yield f"{prefix}{expert}.up_proj.weight", weights[inter:]
+            else:
+                yield f"{prefix}{expert}.down_proj.weight", weights
 
 
 def _is_stacked(param_name: str) -> bool:

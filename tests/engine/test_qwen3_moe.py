@@ -152,3 +152,38 @@ def test_dummy_shape_qwen3_30b_a3b():
     assert experts.w13.shape == (128, 2 * 768, 2048) and experts.w2.shape == (128, 2048, 768)
     total = sum(p.numel() for p in model.parameters())
     assert 30.0e9 < total < 30.7e9  # "30B" total (about 3B active)
+
+
+@pytest.mark.parametrize("tensor_parallel_rank", [None, 1])
+def test_loader_takes_transformers_stacked_experts(tmp_path, tensor_parallel_rank):
+    """transformers' in-memory `state_dict()` (experts stacked: `gate_up_proj [E, 2I, H]`,
+    `down_proj [E, H, I]`) loads into the same parameters as the per-expert checkpoint
+    names, whole and as rank 1 of 2's slice of each expert's channels."""
+    from corral.engine.attention import TorchAttentionBackend
+    from corral.engine.tensor_parallel import TensorParallel
+
+    reference = make_checkpoint(tmp_path, vocab_size=256)
+    config = load_config(tmp_path, None, None)
+    tp = None if tensor_parallel_rank is None else TensorParallel(rank=tensor_parallel_rank,
+                                                                  size=2)
+    stacked, per_expert = (build_model(config, TorchAttentionBackend(), 64, torch.float32,
+                                       torch.device("cpu"), tp) for _ in range(2))
+    assert any(name.endswith("experts.gate_up_proj") for name in reference.state_dict())
+    load_named_tensors(stacked, reference.state_dict().items())
+    load_named_tensors(per_expert, _hf_layout(reference).items())
+    theirs = dict(per_expert.named_parameters())
+    for name, param in stacked.named_parameters():
+        torch.testing.assert_close(param, theirs[name], rtol=0, atol=0)
+
+
+def test_loader_refuses_stacked_experts_of_the_wrong_shape(tmp_path):
+    from corral.engine.attention import TorchAttentionBackend
+
+    reference = make_checkpoint(tmp_path, vocab_size=256, moe_intermediate_size=16)
+    config = load_config(tmp_path, None, None)
+    model = build_model(config, TorchAttentionBackend(), 64, torch.float32, torch.device("cpu"))
+    state = dict(reference.state_dict())
+    name = "model.layers.1.mlp.experts.gate_up_proj"
+    state[name] = state[name].transpose(1, 2)  # [E, H, 2I]: gpt-oss's layout, not Qwen3-MoE's
+    with pytest.raises(ParamError, match="gate_up_proj has shape"):
+        load_named_tensors(model, state.items())
