@@ -133,6 +133,14 @@ async def gather_or_cancel(*works: Awaitable[T]) -> list[T]:
 
 async def merged(streams: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:
     """Items of several async iterators as they come, tagged with the iterator's index."""
+    if len(streams) == 1:  # the usual request: no pump task, no queue hop per item
+        try:
+            async for item in streams[0]:
+                yield 0, item
+        finally:
+            with contextlib.suppress(Exception):
+                await streams[0].aclose()  # type: ignore[attr-defined]
+        return
     queue: asyncio.Queue[tuple[int, Any, BaseException | None, bool]] = asyncio.Queue()
 
     async def pump(i: int, it: AsyncIterator[Any]) -> None:

@@ -161,6 +161,9 @@ class RequestTracker:
 
     def __init__(self, metrics: ServerMetrics) -> None:
         self._m = metrics
+        # Children looked up once per request, not per token.
+        self._ttft = metrics.ttft.labels(metrics._model)
+        self._itl = metrics.itl.labels(metrics._model)
         self._start = time.monotonic()
         self._last: float | None = None
         self._num_tokens = 0
@@ -171,14 +174,13 @@ class RequestTracker:
         if new <= 0:
             return
         now = time.monotonic()
-        model = self._m._model
         if self._last is None:
-            self._m.ttft.labels(model).observe(now - self._start)
+            self._ttft.observe(now - self._start)
             new -= 1
         elif new > 0:
             gap = (now - self._last) / new
             for _ in range(new):
-                self._m.itl.labels(model).observe(gap)
+                self._itl.observe(gap)
         self._last = now
         self._num_tokens = num_tokens
 

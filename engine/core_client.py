@@ -20,7 +20,6 @@ import threading
 import uuid
 import weakref
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -45,6 +44,7 @@ from .engine_errors import EngineDeadError
 from .engine_stats import EngineStats
 from .model_files import resolve_model_dir
 from .output_deltas import RequestAssembler
+from .output_stream import OutputStream
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams, StructuredOutputsParams
 from .tokenizer import encode_prompt, load_tokenizer
@@ -54,13 +54,6 @@ logger = logging.getLogger(__name__)
 _CALL_TIMEOUT = 30.0  # seconds a grammar call may take beyond the compile deadline
 _READER_POLL_MS = 100
 _SHUTDOWN_TIMEOUT = 15.0
-
-
-@dataclass
-class _Stream:
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue
-    assembler: RequestAssembler
 
 
 class EngineCoreClient:
@@ -87,7 +80,7 @@ class EngineCoreClient:
         self.num_kv_blocks = ready.num_kv_blocks
         self.vocab_size = ready.vocab_size
         self.core_pid = ready.pid
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, OutputStream] = {}
         self._calls: dict[int, concurrent.futures.Future] = {}
         self._call_ids = itertools.count()
         self._send_lock = threading.Lock()
@@ -125,18 +118,19 @@ class EngineCoreClient:
             await asyncio.to_thread(self.validate_structured, sent_params.structured_outputs)
         if request_id in self._streams:
             raise ParamError("request_id", f"{request_id!r} is already running")
-        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue(),
-                         RequestAssembler(request_id, None, prompt_ids, params))
+        stream = OutputStream(asyncio.get_running_loop(),
+                              RequestAssembler(request_id, None, prompt_ids, params))
         self._streams[request_id] = stream
         finished = False
         try:
             self._check_alive()  # after registering: a death now fails the stream, see _fail
             self._send(AddRequest(request_id, prompt_ids, sent_params))
             while True:
-                item = await stream.queue.get()
-                if isinstance(item, BaseException):
+                try:
+                    item = await stream.next()  # outputs the loop fell behind on, merged
+                except BaseException:
                     finished = True
-                    raise item
+                    raise
                 if item.error is not None:
                     raise ValueError(item.error)
                 finished = item.finished
@@ -283,26 +277,25 @@ class EngineCoreClient:
                 self._stats = message.stats
             self._samples["compile_seconds"].extend(message.compile_seconds)
             self._samples["mask_seconds"].extend(message.mask_seconds)
-        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[OutputStream, Any]]] = {}
         for delta in message.deltas:
             stream = self._streams.get(delta.request_id)
-            if stream is not None:
-                item = stream.assembler.apply(delta)
-                batches.setdefault(stream.loop, []).append((stream.queue, item))
+            if stream is not None:  # applied on the stream's loop, when it is consumed
+                batches.setdefault(stream.loop, []).append((stream, delta))
         _post(batches)
 
     def _fail(self, reason: str) -> None:
         """Fail every live stream and pending call with `EngineDeadError(reason)`."""
-        batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]] = {}
+        batches: dict[asyncio.AbstractEventLoop, list[tuple[OutputStream, Any]]] = {}
         for stream in list(self._streams.values()):
-            batches.setdefault(stream.loop, []).append((stream.queue, EngineDeadError(reason)))
+            batches.setdefault(stream.loop, []).append((stream, EngineDeadError(reason)))
         _post(batches)
         for future in list(self._calls.values()):
             _settle(future, None, EngineDeadError(reason))
 
 
-def _post(batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any]]]) -> None:
-    """Put items on their asyncio queues: one wake-up per event loop."""
+def _post(batches: dict[asyncio.AbstractEventLoop, list[tuple[OutputStream, Any]]]) -> None:
+    """Hand deltas (or errors) to their streams: one wake-up per event loop."""
     for loop, items in batches.items():
         try:
             loop.call_soon_threadsafe(_put_all, items)
@@ -310,9 +303,12 @@ def _post(batches: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Queue, Any
             pass
 
 
-def _put_all(items: list[tuple[asyncio.Queue, Any]]) -> None:
-    for queue, item in items:
-        queue.put_nowait(item)
+def _put_all(items: list[tuple[OutputStream, Any]]) -> None:
+    for stream, item in items:
+        if isinstance(item, BaseException):
+            stream.fail(item)
+        else:
+            stream.push(item)
 
 
 def _settle(future: concurrent.futures.Future, value: Any, error: BaseException | None) -> None:

@@ -135,6 +135,11 @@ class RequestAssembler:
 
     def apply(self, delta: RequestDelta) -> RequestOutput | Exception:
         """The request's output after `delta`, or the exception it failed with."""
+        error = self.update(delta)
+        return error if error is not None else self.output()
+
+    def update(self, delta: RequestDelta) -> Exception | None:
+        """Grow the state by `delta`; the exception the request failed with, if it did."""
         if delta.exception is not None:
             self.finished = True
             return delta.exception.to_exception()
@@ -152,7 +157,7 @@ class RequestAssembler:
             self.metrics = delta.metrics
         self.finished = delta.finished
         self.error = delta.error
-        return self.output()
+        return None
 
     def output(self) -> RequestOutput:
         """A snapshot: later deltas do not change it."""
