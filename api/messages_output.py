@@ -94,7 +94,7 @@ class MessageBuilder:
                 {"type": "message_stop"}]
 
     @staticmethod
-    def error_event(err: APIError) -> str:
+    def error_event(err: APIError) -> bytes:
         """An error after the stream began, as the stream's `error` event."""
         return sse_event(err.to_anthropic_dict(), "error")
 

@@ -98,7 +98,7 @@ class ResponseBuilder:
         kind = "response.incomplete" if is_cut else "response.completed"
         return [*events, self.event(kind, response=self.response())]
 
-    def error_event(self, err: APIError) -> str:
+    def error_event(self, err: APIError) -> bytes:
         """An error after the stream began, as the stream's `error` event."""
         body = self.event("error", code=err.code or err.type, message=err.message,
                           param=err.param)

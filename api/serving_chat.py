@@ -172,7 +172,7 @@ class ChatStream:
         if prep.new_parser is not None:
             self.parsers = [prep.new_parser() for _ in range(n)]
 
-    def chunk(self, choices: list[dict[str, Any]], usage: UsageInfo | None = None) -> str:
+    def chunk(self, choices: list[dict[str, Any]], usage: UsageInfo | None = None) -> bytes:
         body: dict[str, Any] = {
             "id": self.prep.request_id,
             "object": "chat.completion.chunk",
@@ -186,7 +186,7 @@ class ChatStream:
         return sse_event(body)
 
     async def events(self, first: RequestOutput,
-                     rest: AsyncIterator[RequestOutput]) -> AsyncIterator[str]:
+                     rest: AsyncIterator[RequestOutput]) -> AsyncIterator[bytes]:
         try:
             n = self.prep.params.n
             yield self.chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
@@ -203,7 +203,7 @@ class ChatStream:
         finally:
             await rest.aclose()  # type: ignore[attr-defined]
 
-    def step(self, out: RequestOutput) -> list[str]:
+    def step(self, out: RequestOutput) -> list[bytes]:
         events = []
         for o in out.outputs:
             i = o.index

@@ -89,21 +89,21 @@ async def completion(state: ServerState, req: CompletionRequest,
 async def _stream(state: ServerState, req: CompletionRequest, request_id: str, model: str,
                   created: int, n: int, firsts: list[RequestOutput],
                   streams: list[AsyncIterator[RequestOutput]], echo_texts: list[str] | None,
-                  include_usage: bool) -> AsyncIterator[str]:
+                  include_usage: bool) -> AsyncIterator[bytes]:
     sent_chars: dict[int, int] = {}
     sent_tokens: dict[int, int] = {}
     offsets: dict[int, int] = {}
     done: set[int] = set()
     finals: list[RequestOutput] = list(firsts)
 
-    def chunk(choices: list[dict[str, Any]], usage: UsageInfo | None = None) -> str:
+    def chunk(choices: list[dict[str, Any]], usage: UsageInfo | None = None) -> bytes:
         body: dict[str, Any] = {"id": request_id, "object": "text_completion",
                                 "created": created, "model": model, "choices": choices}
         if include_usage:
             body["usage"] = usage.model_dump() if usage is not None else None
         return sse_event(body)
 
-    def step(p: int, out: RequestOutput) -> list[str]:
+    def step(p: int, out: RequestOutput) -> list[bytes]:
         finals[p] = out
         events = []
         for o in out.outputs:

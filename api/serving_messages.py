@@ -48,7 +48,7 @@ async def create_message(state: ServerState, req: MessagesRequest, raw: Request)
 
 async def _stream(builder: MessageBuilder, prep: PreparedChat,
                   outputs: AsyncIterator[RequestOutput], first: RequestOutput
-                  ) -> AsyncIterator[str]:
+                  ) -> AsyncIterator[bytes]:
     for event in builder.start():
         yield sse_event(event, event["type"])
     async for turn_event in turn_events(prep, outputs, first):

@@ -59,7 +59,7 @@ async def create_response(state: ServerState, req: ResponsesRequest, raw: Reques
 async def _stream(state: ServerState, req: ResponsesRequest, builder: ResponseBuilder,
                   prep: PreparedChat, outputs: AsyncIterator[RequestOutput],
                   first: RequestOutput, conversation: list[dict[str, Any]]
-                  ) -> AsyncIterator[str]:
+                  ) -> AsyncIterator[bytes]:
     for event in builder.start():
         yield sse_event(event, event["type"])
     async for turn_event in turn_events(prep, outputs, first):

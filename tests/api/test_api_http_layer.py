@@ -135,6 +135,6 @@ def test_error_after_stream_began_is_an_event_then_done():
         return [e async for e in guarded_stream(events())]
 
     out = asyncio.run(collect())
-    assert out[0] == 'data: {"n":1}\n\n' and out[-1] == DONE == "data: [DONE]\n\n"
+    assert out[0] == b'data: {"n":1}\n\n' and out[-1] == DONE == b"data: [DONE]\n\n"
     err = json.loads(out[1][len("data: "):])["error"]
     assert err["param"] == "structured_outputs" and err["type"] == "invalid_request_error"
