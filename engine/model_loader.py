@@ -1,4 +1,4 @@
-"""Build Corral's model from a checkpoint folder: config, weights (fused at load), or dummy.
+"""Build Corral's model from a checkpoint folder: config and weights (fused at load).
 
 Checkpoint names follow the Hugging Face layout (`model.layers.N.self_attn.q_proj.weight`
 ...). q/k/v are written into slices of the fused `qkv_proj`, gate/up into `gate_up_proj`;
@@ -297,15 +297,3 @@ def _expert_target(model: LlamaForCausalLM, layer: int, expert: int,
         return prefix + "w2", (expert, 0), (1, model.tp.rank * inter, inter)
     offset = 0 if proj == "gate" else inter
     return prefix + "w13", (expert, offset), (0, model.tp.rank * inter, inter)
-
-
-def init_dummy_weights(model: LlamaForCausalLM, seed: int) -> None:
-    """Random weights of the right shape and scale (for benchmarks); each tensor-parallel
-    rank draws its own shard."""
-    torch.manual_seed(seed + 1000 * model.tp.rank)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("norm.weight") or "layernorm" in name:
-                param.fill_(1.0)
-            else:
-                param.normal_(0.0, 0.02)

@@ -21,7 +21,8 @@ from corral.grammars.param_error import ParamError
 from .attention import AttentionMetadata, TorchAttentionBackend
 from .config import EngineConfig
 from .cuda_graphs import DecodeGraphs
-from .model_loader import build_model, init_dummy_weights, load_config, load_weights
+from .dummy_weights import init_dummy_weights
+from .model_loader import build_model, load_config, load_weights
 from .scheduler import SchedulerOutput
 from .tensor_parallel import TensorParallel, check_tensor_parallel
 
