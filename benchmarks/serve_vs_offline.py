@@ -1,0 +1,166 @@
+"""Serving versus offline on one workload: what the server costs over the bare engine.
+
+The same seeded requests (`--num-prompts` random-token prompts of `--input-len` tokens,
+`--output-len` output tokens each, EOS ignored) run first offline through `LLM.generate`
+(in a process of its own, gone before the next phase so the device is free), then online
+through a `corral serve` subprocess this script starts with the same engine settings on
+the same device: all at once (rate inf), then at Poisson rate `--itl-rate`. Prints output
+tokens/s both ways and their ratio (target >= 0.95), and the inter-token latency p50/p99
+at `--itl-rate` with the ratio p99/p50 (target <= 2).
+
+    python benchmarks/serve_vs_offline.py --device cuda --model <tokenizer folder> \\
+        --shape llama3-8b --load-format dummy --num-prompts 256 --input-len 512 \\
+        --output-len 256
+    python benchmarks/serve_vs_offline.py --device cpu --shape llama-tiny --load-format dummy \\
+        --num-prompts 16 --input-len 32 --output-len 32 --itl-rate 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from child_run import run_in_child  # noqa: E402
+from serve import run_rate, workload  # noqa: E402
+
+
+def engine_args(args: argparse.Namespace) -> dict[str, object]:
+    """The engine settings both phases share (flag name without dashes -> value)."""
+    return {"model": args.model, "shape": args.shape, "load_format": args.load_format,
+            "device": args.device, "dtype": args.dtype, "seed": args.seed,
+            "max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs,
+            "max_num_batched_tokens": args.max_num_batched_tokens,
+            "tensor_parallel_size": args.tensor_parallel_size}
+
+
+def offline(args: argparse.Namespace, prompts: list[list[int]], outputs: list[int]
+            ) -> tuple[float, int]:
+    """(seconds, output tokens) of `LLM.generate` over the whole workload, after a warm-up."""
+    import torch
+
+    from corral.engine import LLM, SamplingParams
+
+    settings = {k: v for k, v in engine_args(args).items() if v is not None}
+    with LLM(settings.pop("model", None), **settings) as llm:
+        warm = SamplingParams(max_tokens=4, ignore_eos=True)
+        llm.generate(prompts[:2], [warm, warm])
+        params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in outputs]
+        sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        results = llm.generate(prompts, params)
+        sync()
+        elapsed = time.perf_counter() - start
+    return elapsed, sum(len(r.outputs[0].token_ids) for r in results)
+
+
+def start_server(args: argparse.Namespace) -> subprocess.Popen:
+    command = [sys.executable, "-m", "corral.api.cli", "serve", "--port", str(args.port),
+               "--embedding-model", "none", "--log-level", "warning"]
+    for key, value in engine_args(args).items():
+        if value is not None:
+            command += ["--" + key.replace("_", "-"), str(value)]
+    return subprocess.Popen(command)
+
+
+async def wait_ready(base_url: str, server: subprocess.Popen, timeout: float) -> str:
+    """The served model's id once the server answers; RuntimeError if it exits first."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(timeout=5) as client:
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise RuntimeError(f"the server exited with code {server.returncode}")
+            try:
+                r = await client.get(base_url + "/models")
+                if r.status_code == 200:
+                    return r.json()["data"][0]["id"]
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(1)
+    raise RuntimeError(f"the server was not ready within {timeout:.0f} s")
+
+
+async def online(args: argparse.Namespace, server: subprocess.Popen,
+                 prompts: list[list[int]], outputs: list[int]
+                 ) -> tuple[dict[str, float], dict[str, float]]:
+    """(stats at rate inf, stats at `--itl-rate`) from benchmarks/serve.py's client."""
+    model = await wait_ready(args.base_url, server, args.server_timeout)
+    await run_rate(args, math.inf, model, prompts[:2], [4, 4])  # warm-up
+    at_inf, _ = await run_rate(args, math.inf, model, prompts, outputs)
+    at_rate, _ = await run_rate(args, args.itl_rate, model, prompts, outputs)
+    return at_inf, at_rate
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default=None, help="checkpoint, or tokenizer folder with --shape")
+    ap.add_argument("--shape", default=None, help="named shape for dummy weights, e.g. llama3-8b")
+    ap.add_argument("--load-format", default=None, choices=["auto", "dummy"])
+    ap.add_argument("--device", default=None, help="auto, cpu or cuda[:N]")
+    ap.add_argument("--dtype", default=None)
+    ap.add_argument("--tensor-parallel-size", type=int, default=None)
+    ap.add_argument("--num-prompts", type=int, default=256)
+    ap.add_argument("--input-len", type=int, default=512)
+    ap.add_argument("--output-len", type=int, default=256)
+    ap.add_argument("--itl-rate", type=float, default=64.0,
+                    help="requests/s of the inter-token latency run")
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--max-num-batched-tokens", type=int, default=None)
+    ap.add_argument("--max-model-len", type=int, default=None,
+                    help="default: input + output length + 16")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--port", type=int, default=8731)
+    ap.add_argument("--server-timeout", type=float, default=600.0,
+                    help="seconds to wait for the server to start")
+    args = ap.parse_args(argv)
+    if args.max_model_len is None:
+        args.max_model_len = args.input_len + args.output_len + 16
+    # What benchmarks/serve.py's workload and client read: fixed lengths, no shared prefix.
+    args.num_requests, args.range_ratio, args.token_range = args.num_prompts, 0.0, [1000, 20000]
+    args.prefix_groups, args.prefix_len = 0, 0
+    args.base_url, args.api_key = f"http://127.0.0.1:{args.port}/v1", "none"
+    prompts, outputs = workload(args)
+
+    seconds, tokens = run_in_child(offline, args, prompts, outputs)
+    offline_rate = tokens / seconds
+    server = start_server(args)
+    try:
+        at_inf, at_rate = asyncio.run(online(args, server, prompts, outputs))
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    name = args.shape or args.model or "embedded model"
+    print(f"\n{args.num_prompts} prompts x {args.input_len} tokens in, {args.output_len} out "
+          f"(EOS ignored); {name}, {args.load_format or 'auto'} weights, device "
+          f"{args.device or 'auto'}")
+    print(f"offline LLM.generate:     {tokens:>7} tokens {seconds:8.2f} s "
+          f"{offline_rate:9.1f} tok/s")
+    online_tokens = at_inf["tok_s"] * at_inf["duration"]
+    print(f"online, rate inf:         {online_tokens:>7.0f} tokens {at_inf['duration']:8.2f} s "
+          f"{at_inf['tok_s']:9.1f} tok/s ({at_inf['ok']}/{at_inf['n']} ok)")
+    print(f"online / offline tok/s:   {at_inf['tok_s'] / offline_rate:.3f} (target >= 0.95)")
+    p50, p99 = at_rate["itl_p50"], at_rate["itl_p99"]
+    print(f"online, rate {args.itl_rate:g}/s: ITL p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+          f"p99/p50 {p99 / p50:.2f} (target <= 2); TTFT p50 {at_rate['ttft_p50']:.1f} ms, "
+          f"{at_rate['tok_s']:.1f} tok/s ({at_rate['ok']}/{at_rate['n']} ok)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
