@@ -97,7 +97,7 @@ async def online(args: argparse.Namespace, server: subprocess.Popen,
                  ) -> tuple[dict[str, float], dict[str, float]]:
     """(stats at rate inf, stats at `--itl-rate`) from benchmarks/serve.py's client."""
     model = await wait_ready(args.base_url, server, args.server_timeout)
-    await run_rate(args, math.inf, model, prompts[:2], [4, 4])  # warm-up
+    await run_rate(args, math.inf, model, prompts[:2], [4] * len(prompts[:2]))  # warm-up
     at_inf, _ = await run_rate(args, math.inf, model, prompts, outputs)
     at_rate, _ = await run_rate(args, args.itl_rate, model, prompts, outputs)
     return at_inf, at_rate
