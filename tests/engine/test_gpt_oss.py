@@ -261,10 +261,15 @@ def test_gpu_logits_match_transformers(tmp_path, dtype):
 
 
 @pytest.mark.gpu
-def test_gpu_greedy_tokens_match_the_cpu_path(tmp_path, model_dir):
+def test_gpu_greedy_tokens_match_the_cpu_path(tmp_path, request):
     """`LLM` on a GPU (Triton kernels, CUDA-graph decodes) against `LLM` on the CPU (torch
     path), greedy, float32, on prompts shorter and longer than the window: equal tokens."""
+    import os
+
     import transformers
+
+    # The tokenizer: a model folder's ($CORRAL_GPU_TEST_MODEL), or the embedded model's.
+    model_dir = os.environ.get("CORRAL_GPU_TEST_MODEL") or request.getfixturevalue("model_dir")
 
     vocab_size = len(transformers.AutoTokenizer.from_pretrained(model_dir))
     make_checkpoint(tmp_path, vocab_size, std=0.2)
