@@ -29,16 +29,17 @@ def accept_tokens(matchers: Sequence[Matcher], token_ids: Sequence[int]) -> list
     results = [False] * len(matchers)
     llg_rows: list[int] = []
     llg_pairs: list[tuple] = []  # (llguidance matcher, token) for one native call
-    unrecorded: list[int] = []  # llg rows whose token is an EOS the matcher keeps no entry of
+    unrecorded: set[int] = set()  # llg rows whose token is an EOS the matcher keeps no entry of
     xgr: list[tuple[int, XGrammarMatcher, int]] = []  # (row, matcher, token)
     for i, (matcher, token_id) in enumerate(zip(matchers, token_ids, strict=True)):
         if type(matcher) is LLGuidanceMatcher:
-            if matcher.inner.is_error():
+            inner = matcher.inner
+            if inner.is_error():
                 continue  # refuses every token (llguidance itself may take an EOS)
-            if token_id in matcher.eos_token_ids and matcher.is_eos_unrecorded(token_id):
-                unrecorded.append(len(llg_rows))
+            if token_id in matcher.eos_token_ids and inner.is_stopped():
+                unrecorded.add(i)
             llg_rows.append(i)
-            llg_pairs.append((matcher.inner, token_id))
+            llg_pairs.append((inner, token_id))
         elif isinstance(matcher, XGrammarMatcher):
             verdict = matcher.pre_accept(token_id)
             if verdict is None:
@@ -52,11 +53,9 @@ def accept_tokens(matchers: Sequence[Matcher], token_ids: Sequence[int]) -> list
             results[i] = matchers[i].accept_token(token_ids[i])
     elif llg_rows:
         verdicts = mask_executor().consume_token_par(llg_pairs)
-        no_entry = set(unrecorded)
-        for k, (i, ok) in enumerate(zip(llg_rows, verdicts, strict=True)):
-            if ok:
-                matchers[i].accepted(token_ids[i], k in no_entry)
-                results[i] = True
+        LLGuidanceMatcher.accepted_rows(matchers, token_ids, llg_rows, verdicts, unrecorded)
+        for i, ok in zip(llg_rows, verdicts, strict=True):
+            results[i] = ok
     if xgr:
         verdicts = xgrammar.BatchGrammarMatcher.batch_accept_token(
             [m.inner for _, m, _ in xgr], [t for _, _, t in xgr])

@@ -18,6 +18,7 @@ import os
 import threading
 from collections import OrderedDict
 
+import numpy as np
 import torch
 
 MAX_NODES = 200_000  # trie nodes per grammar
@@ -28,14 +29,15 @@ STORE_AFTER_VISITS = 2  # a path's mask is stored on its second fill
 
 
 class Node:
-    """One token path: its children by next token, its stored mask (int32 words)."""
+    """One token path: its children by next token, its stored mask (int32 words, numpy:
+    a row is copied into a batch's buffer by one numpy assignment)."""
 
     __slots__ = ("children", "depth", "mask", "visits")
 
     def __init__(self, depth: int = 0) -> None:
         self.children: dict[int, Node] = {}
         self.depth = depth
-        self.mask: torch.Tensor | None = None
+        self.mask: np.ndarray | None = None  # int32 [words]
         self.visits = 0
 
 
@@ -53,9 +55,11 @@ class MaskStore:
         self._nodes: OrderedDict[int, Node] = OrderedDict()
         self._lock = threading.Lock()
 
-    def put(self, node: Node, mask: torch.Tensor) -> None:
+    def put(self, node: Node, mask: torch.Tensor | np.ndarray) -> None:
         """Store a copy of `mask` (a CPU int32 row) at `node`."""
-        size = mask.numel() * 4
+        if isinstance(mask, torch.Tensor):
+            mask = mask.numpy()
+        size = mask.nbytes
         if size > self.max_bytes:
             return
         with self._lock:
@@ -64,9 +68,9 @@ class MaskStore:
             while self.num_bytes + size > self.max_bytes and self._nodes:
                 _, old = self._nodes.popitem(last=False)
                 if old.mask is not None:
-                    self.num_bytes -= old.mask.numel() * 4
+                    self.num_bytes -= old.mask.nbytes
                     old.mask = None
-            node.mask = mask.clone()
+            node.mask = mask.copy()
             self.num_bytes += size
             self._nodes[id(node)] = node
 
@@ -74,6 +78,15 @@ class MaskStore:
         with self._lock:
             if id(node) in self._nodes:
                 self._nodes.move_to_end(id(node))
+
+    def touch_all(self, nodes: list[Node]) -> None:
+        """Count a hit on each of `nodes` (their masks were just copied out): one lock."""
+        self.hits += len(nodes)
+        with self._lock:
+            stored = self._nodes
+            for node in nodes:
+                if id(node) in stored:
+                    stored.move_to_end(id(node))
 
 
 class MaskCache:
@@ -99,7 +112,7 @@ class MaskCache:
         mask = node.mask if node is not None else None
         if mask is None:
             return False
-        target.copy_(mask)
+        target.copy_(torch.from_numpy(mask))
         self.store.hits += 1
         self.store.touch(node)
         return True
@@ -108,7 +121,7 @@ class MaskCache:
         """Count a mask copied from another row of the same batch at the same state."""
         self.store.hits += 1
 
-    def filled(self, node: Node | None, row: torch.Tensor) -> None:
+    def filled(self, node: Node | None, row: torch.Tensor | np.ndarray) -> None:
         """A mask was computed into `row` at `node`: count the visit, store if repeated."""
         self.store.misses += 1
         if node is None:

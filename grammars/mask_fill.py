@@ -50,6 +50,7 @@ class MaskFill:
                 hi - lo + 1 for lo, hi in spans):
             raise ParamError(name, "must be distinct rows of the bitmask")
         self.bitmask = bitmask
+        self.rows = rows_np = bitmask.numpy()  # the same memory: a row is one numpy copy
         self.width_bytes = bitmask.shape[1] * 4
         self.llg: list[tuple] = []  # (llguidance matcher, row)
         self.llg_drafts: list[tuple] = []  # (llguidance copy, first row, draft tokens)
@@ -59,8 +60,9 @@ class MaskFill:
         self.twins: list[tuple[int, int]] = []  # (row, row computing the same state)
         self.cached: list[tuple[LLGuidanceMatcher, int]] = []  # computed rows to remember
         first_row_at: dict[int, int] = {}  # cache node -> the row computing its mask
+        stores: dict[int, tuple] = {}  # id(store) -> (store, nodes whose masks were copied)
         for matcher, row, tokens in zip(matchers, rows, drafts, strict=True):
-            is_llg = isinstance(matcher, LLGuidanceMatcher) and not matcher.is_error()
+            is_llg = type(matcher) is LLGuidanceMatcher and not matcher.inner.is_error()
             if tokens:
                 if is_llg:
                     self.llg_drafts.append((matcher.inner.deep_copy(), row,
@@ -68,9 +70,16 @@ class MaskFill:
                 else:
                     self.others.append((matcher, row, list(tokens)))
             elif is_llg:
-                cache, node = matcher.mask_cache, matcher.cache_node
-                if cache is not None and node is not None:
-                    if node.mask is not None and cache.lookup(node, bitmask[row]):
+                cache = matcher.mask_cache
+                node = matcher.cache_node
+                if node is not None:
+                    mask = node.mask  # read once: the store may drop it meanwhile
+                    if mask is not None:
+                        rows_np[row] = mask
+                        hits = stores.get(id(cache.store))
+                        if hits is None:
+                            hits = stores[id(cache.store)] = (cache.store, [])
+                        hits[1].append(node)
                         continue
                     if id(node) in first_row_at:  # the same state twice in this batch
                         self.twins.append((row, first_row_at[id(node)]))
@@ -84,6 +93,8 @@ class MaskFill:
                 self.xgr_rows.append(row)
             else:
                 self.others.append((matcher, row, []))
+        for store, nodes in stores.values():
+            store.touch_all(nodes)
 
     def compute(self) -> None:
         """The native batched calls (and the rows of other backends); any thread."""
@@ -107,10 +118,11 @@ class MaskFill:
 
     def finish(self) -> None:
         """Copy rows of shared states and feed the mask cache; the caller's thread."""
+        rows = self.rows
         for row, source in self.twins:
-            self.bitmask[row].copy_(self.bitmask[source])
+            rows[row] = rows[source]
         for matcher, row in self.cached:
-            matcher.mask_cache.filled(matcher.cache_node, self.bitmask[row])
+            matcher.mask_cache.filled(matcher.cache_node, rows[row])
 
 
 def _fill_along(matcher: Matcher, tokens: list[int], bitmask: torch.Tensor, row: int) -> None:
