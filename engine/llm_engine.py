@@ -59,26 +59,34 @@ class SamplingPlan:
     def __init__(self, batch: SchedulerOutput):
         self.items: list[tuple[ScheduledSeq, int]] = []  # (item, first row)
         seqs: list[Sequence] = []
-        draft_ids: list[int] = []
+        draft_ids: list[int] = []  # per row (filled only once a sequence has drafts)
         offsets: list[int] = []
         masked_rows: list[int] = []
-        self.jobs = MaskJobs()
+        self.jobs = jobs = MaskJobs()
         self.lengths: list[int] = []  # each sampling sequence's length when planned
         for item in batch.scheduled:
             if not item.samples:
                 continue
             seq = item.seq
-            drafts = seq.draft_token_ids[: item.num_draft_tokens]
             first = len(seqs)
             self.items.append((item, first))
             self.lengths.append(seq.num_tokens)
-            for r in range(len(drafts) + 1):
-                seqs.append(seq)
-                draft_ids.append(drafts[r] if r < len(drafts) else -1)
-                offsets.append(r)
+            num_drafts = item.num_draft_tokens
+            drafts = seq.draft_token_ids[:num_drafts] if num_drafts else []
+            if drafts and len(draft_ids) < first:  # the rows before had no drafts
+                draft_ids.extend([-1] * (first - len(draft_ids)))
+                offsets.extend([0] * (first - len(offsets)))
+            seqs.extend([seq] * (len(drafts) + 1))
+            if draft_ids or drafts:
+                draft_ids.extend(drafts)
+                draft_ids.append(-1)
+                offsets.extend(range(len(drafts) + 1))
             if seq.matcher is not None:
-                self.jobs.add(seq.matcher, drafts)
-                masked_rows.extend(range(first, first + len(drafts) + 1))
+                jobs.add(seq.matcher, drafts)
+                if drafts:
+                    masked_rows.extend(range(first, first + len(drafts) + 1))
+                else:
+                    masked_rows.append(first)
         has_drafts = len(seqs) > len(self.items)
         self.batch = SampleBatch(seqs, masked_rows, None,
                                  draft_ids if has_drafts else None,
@@ -124,6 +132,7 @@ class LLMEngine:
                                       self.max_model_len, self._completion_pool(on_gpu))
         self.proposer = DraftProposer(config.num_speculative_tokens, self.eos_token_ids)
         self.requests: dict[str, Request] = {}
+        self._compiling: dict[str, Request] = {}  # requests whose grammar is not yet in
         self._seq_ids = itertools.count()
         self._arrivals = itertools.count()
         self._grammar: Any = None
@@ -218,6 +227,8 @@ class LLMEngine:
         if params.structured_outputs is not None:
             self.grammar.validate(params.structured_outputs)
             request.grammar_future = self.grammar.submit(params.structured_outputs)
+            self._compiling.pop(request_id, None)  # a later request of the same id
+            self._compiling[request_id] = request
         for index in range(params.n):
             generator = None
             if params.seed is not None:
@@ -399,15 +410,18 @@ class LLMEngine:
         """
         if not entries:
             return
-        self.closer.begin_step()
+        closer = self.closer
+        closer.begin_step()
         for seq, _, _ in entries:
             if seq.matcher is None or seq.is_finished:
                 continue
             pending = seq.num_pending_tokens
+            if closer.is_idle(seq, pending):  # far from its limit: nothing to check
+                continue
             if pending:
                 del seq.token_ids[-pending:]
                 seq.num_pending_tokens = 0
-            self.closer.check(seq, self.stop_checker)
+            closer.check(seq, self.stop_checker)
             if pending and not seq.is_finished:
                 seq.token_ids.extend([PENDING_TOKEN] * pending)
                 seq.num_pending_tokens = pending
@@ -559,10 +573,21 @@ class LLMEngine:
                     touched[request.request_id] = request
 
     def _poll_grammars(self, touched: dict[str, Request]) -> None:
-        for request in list(self.requests.values()):
-            future = request.grammar_future
-            if future is None or request.compiled_grammar is not None or not future.done():
+        """Start the sequences of requests whose grammar compiled (or fail them); only the
+        requests still waiting for one are looked at."""
+        if not self._compiling:
+            return
+        for request_id, request in list(self._compiling.items()):
+            if self.requests.get(request_id) is not request:  # aborted or finished
+                del self._compiling[request_id]
                 continue
+            future = request.grammar_future
+            if request.compiled_grammar is not None:
+                del self._compiling[request_id]
+                continue
+            if not future.done():
+                continue
+            del self._compiling[request_id]
             try:
                 request.compiled_grammar = future.result()
             except Exception as e:  # noqa: BLE001 - a grammar failure fails its request only

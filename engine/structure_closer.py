@@ -118,6 +118,14 @@ class StructureCloser:
             return
         self._keep(seq, list(completion))
 
+    def is_idle(self, seq: Sequence, num_pending: int = 0) -> bool:
+        """Whether `check` would do nothing now: no search of the sequence is out and its
+        limit is still far. `num_pending`: tokens at the end of `seq` that are placeholders
+        for a step in flight (not counted: `check` runs without them)."""
+        if seq.search_future is not None:
+            return False
+        return self.tokens_left(seq) + num_pending > _watch_from(seq.completion)
+
     def check(self, seq: Sequence, stop_checker: StopChecker) -> None:
         """After a step appended tokens to `seq` (the grammar has accepted them)."""
         if seq.is_finished or not self.applies(seq):
@@ -125,7 +133,7 @@ class StructureCloser:
         left = self.tokens_left(seq)
         self._collect(seq, left)
         kept = seq.completion
-        if left > (FAR if kept is None else min(FAR, WATCH + 2 * len(kept))):
+        if left > _watch_from(kept):
             return
         if seq.close_floor is None:  # entering the watch zone: all before is out
             self._enter_zone(seq, left)
@@ -357,3 +365,8 @@ class StructureCloser:
             self._searches_this_step += 1
         self.search_seconds += time.perf_counter() - start
         return found
+
+
+def _watch_from(kept: list[int] | None) -> int:
+    """Tokens left at or under which a sequence keeping `kept` is in the watch zone."""
+    return FAR if kept is None else min(FAR, WATCH + 2 * len(kept))
