@@ -68,6 +68,10 @@ class GrammarCompiler:
         self._xgrammar: XGrammarBackend | None = None  # built on first use (~0.2 s)
         self._xgrammar_args = (tokenizer, vocab_size, self.eos_token_ids, json_whitespace)
         self._xgrammar_lock = threading.Lock()
+        # Worker processes for completion searches (a `CompletionSearchPool`), set by the
+        # engine when it has them: a grammar's start completion is then searched there, off
+        # the GIL the engine's loop needs (a huge grammar's search holds it for ~1 s).
+        self.search_pool = None
         self.tokenizer_fingerprint = _fingerprint(tokenizer, vocab_size, self.eos_token_ids)
         self._cache: OrderedDict[CacheKey, CompiledGrammar | ValueError] = OrderedDict()
         self._cache_size = cache_size
@@ -168,7 +172,7 @@ class GrammarCompiler:
             result: CompiledGrammar | ValueError = CompiledGrammar(
                 spec.kind, spec.text, spec.backend, time.perf_counter() - start, factory)
             self.compile_times[spec.backend].append(result.compile_time_s)
-            result.start_completion = self._start_completion(factory())
+            result.start_completion = self._start_completion(spec, factory)
         except ValueError as e:
             result = e
         except Exception as e:  # noqa: BLE001 - a backend crash refuses this spec only
@@ -191,13 +195,22 @@ class GrammarCompiler:
                     self._tokenizer, self.vocab_size, self.eos_token_ids)
             return self._completion_vocab
 
-    def _start_completion(self, matcher) -> list[int] | None:
+    def _start_completion(self, spec: GrammarSpec, factory) -> list[int] | None:
         """A short way to end the grammar from its start (for outputs that must close
-        before their token limit), searched once per grammar in the compile thread."""
+        before their token limit), searched once per grammar: in a search worker process
+        when the engine has them (this thread waits without the GIL), else here."""
         from corral.grammars.completion import shortest_completion
 
+        pool = self.search_pool
+        if pool is not None and pool.ready:
+            try:
+                future = pool.submit(spec.kind, spec.text, spec.backend, [],
+                                     START_COMPLETION_MAX_TOKENS, START_COMPLETION_NODE_BUDGET)
+                return future.result(timeout=self.timeout)
+            except Exception:  # noqa: BLE001 - a broken or slow pool: search here instead
+                pass
         try:
-            return shortest_completion(matcher, START_COMPLETION_MAX_TOKENS,
+            return shortest_completion(factory(), START_COMPLETION_MAX_TOKENS,
                                        vocab=self.completion_vocab(),
                                        node_budget=START_COMPLETION_NODE_BUDGET)
         except Exception:  # noqa: BLE001 - unknown: the request then runs unsteered

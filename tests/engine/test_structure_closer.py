@@ -168,6 +168,18 @@ def test_searches_in_worker_processes_close_the_same_way(llm, tokenizer, schemas
         closer.pool, pooled = pool, closer.num_pooled
         pooled_out = llm.generate(prompts, params)
         assert closer.num_pooled > pooled  # ... and now in the worker
+        # A grammar's start completion, searched in the worker at compile time: the same.
+        from corral.grammars.compiler import GrammarCompiler
+
+        compilers = [GrammarCompiler(engine.tokenizer, engine.vocab_size, engine.eos_token_ids)
+                     for _ in range(2)]
+        compilers[1].search_pool = pool
+        futures, submit = [], pool.submit
+        pool.submit = lambda *args: futures.append(submit(*args)) or futures[-1]
+        starts = [[c.compile(StructuredOutputsParams(json=s)).start_completion
+                   for s in schemas] for c in compilers]
+        assert starts[0] == starts[1] and any(starts[0])
+        assert len(futures) == len(schemas) and all(f.exception() is None for f in futures)
     finally:
         closer.pool = None
         pool.shutdown()
