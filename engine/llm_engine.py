@@ -202,10 +202,12 @@ class LLMEngine:
     def _make_grammar_compiler(self):
         from corral.grammars import GrammarCompiler
 
-        return GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_token_ids,
-                               default_backend=self.config.grammar_backend,
-                               timeout=self.config.grammar_compile_timeout,
-                               max_workers=self.config.grammar_compile_threads)
+        compiler = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_token_ids,
+                                   default_backend=self.config.grammar_backend,
+                                   timeout=self.config.grammar_compile_timeout,
+                                   max_workers=self.config.grammar_compile_threads)
+        compiler.search_pool = self.closer.pool  # start completions off the GIL too
+        return compiler
 
     # ---- requests ---------------------------------------------------------------------
 
