@@ -214,7 +214,11 @@ def build_engine(config: Any, data_parallel_size: int, in_process: bool) -> Any:
             raise ParamError("data_parallel_size", "needs engine-core processes (drop "
                              "--engine-in-process)")
         return DataParallelClient(config, data_parallel_size)
-    return AsyncLLMEngine(config) if in_process else EngineCoreClient(config)
+    if not in_process:
+        return EngineCoreClient(config)
+    engine = AsyncLLMEngine(config)
+    engine.engine.prepare_grammars()  # as the engine core does: no stall of a stream later
+    return engine
 
 
 def serve_worker_node(config: Any) -> None:

@@ -10,6 +10,7 @@ Grammar calls run on the threads of `GrammarCalls`; nothing the client sends blo
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -63,6 +64,9 @@ def run_engine_core(config: EngineConfig, input_address: str, output_address: st
     encoder = msgspec.msgpack.Encoder()
     try:
         engine = LLMEngine(config)
+        engine.prepare_grammars()  # before serving: never a stall of the loop later
+        gc.collect()
+        gc.freeze()  # the grammar tables too stay out of the collector's sight
     except BaseException as e:  # noqa: BLE001 - reported to the client, then exit
         logger.exception("engine core failed to start")
         output.send(encoder.encode(StartupFailed(ErrorInfo.from_exception(e))))
