@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -29,6 +31,7 @@ from typing import Any
 __all__ = ["CompletionSearchPool", "default_num_workers"]
 
 MAX_CACHED_GRAMMARS = 256  # compiled grammars kept per worker (least recently used out)
+PARENT_POLL_SECONDS = 1.0  # how often a worker checks that the engine's process lives
 
 
 def default_num_workers(on_gpu: bool) -> int:
@@ -48,7 +51,7 @@ class CompletionSearchPool:
             raise ValueError(f"num_workers must be a positive integer (got {num_workers!r})")
         self.num_workers = num_workers
         context = multiprocessing.get_context("spawn")
-        args = (tokenizer, vocab_size, list(eos_token_ids), json_whitespace)
+        args = (tokenizer, vocab_size, list(eos_token_ids), json_whitespace, os.getpid())
         self._workers = [ProcessPoolExecutor(1, mp_context=context, initializer=_init_worker,
                                              initargs=args) for _ in range(num_workers)]
         # One warm-up call per worker: each builds its tokenizer tables and candidate
@@ -78,8 +81,10 @@ _worker: dict[str, Any] = {}
 
 
 def _init_worker(tokenizer: Any, vocab_size: int, eos_token_ids: list[int],
-                 json_whitespace: str | None) -> None:
+                 json_whitespace: str | None, parent_pid: int) -> None:
     import torch
+
+    _leave_with(parent_pid)
 
     from corral.grammars.compiler import GrammarCompiler
 
@@ -88,6 +93,18 @@ def _init_worker(tokenizer: Any, vocab_size: int, eos_token_ids: list[int],
     _worker["compiler"] = GrammarCompiler(tokenizer, vocab_size, eos_token_ids,
                                           max_workers=1, json_whitespace=json_whitespace)
     _worker["factories"] = OrderedDict()
+
+
+def _leave_with(parent_pid: int) -> None:
+    """Exit when the engine's process is gone (this worker is re-parented): a process
+    killed outright never shuts its pool down, and its workers would wait forever."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="corral-search-parent-watch", daemon=True).start()
 
 
 def _warm_up() -> int:
