@@ -153,7 +153,8 @@ def print_grammar_table(times: dict[str, list[float]], walks: dict[str, dict]) -
 def print_timeline(level: int, free: dict[str, float], constrained: dict[str, float]) -> None:
     keys = ["steps", "batch"] + [f"host_{p}" for p in PHASES] + [
         "host_total", "host_total_p99", "device_forward", "device_sample", "gap_before_sample",
-        "gap_before_forward", "device_step", "host_total_s", "device_busy_s", "device_idle_s"]
+        "gap_before_forward", "device_step"] + [f"host_{p}_s" for p in PHASES] + [
+        "host_total_s", "device_busy_s", "device_idle_s"]
     print(f"  timeline at {level} in flight (median per step):   {'free':>9} {'constrained':>12}")
     for key in keys:
         if key in free or key in constrained:

@@ -80,7 +80,8 @@ class StepProfiler:
     def summary(self, skip_empty: bool = True) -> dict[str, float]:
         """Median milliseconds per step: each host phase, host total (and its p99), device
         busy and the device's idle gaps (GPU), over the steps that ran a batch; totals over
-        the run in seconds (keys ending in `_s`)."""
+        the run in seconds (keys ending in `_s`: each phase's, the host's, the device's),
+        which show where steps slower than the median spent their time."""
         if self.is_cuda:
             torch.cuda.synchronize()
         steps = [r for r in self.records if r.num_seqs or not skip_empty]
@@ -91,6 +92,7 @@ class StepProfiler:
                                  "batch": statistics.median(r.num_seqs for r in steps)}
         for phase in phases:
             out[f"host_{phase}"] = 1e3 * statistics.median(r.host.get(phase, 0.0) for r in steps)
+            out[f"host_{phase}_s"] = sum(r.host.get(phase, 0.0) for r in steps)
         totals = sorted(sum(r.host.values()) for r in steps)
         out["host_total"] = 1e3 * statistics.median(totals)
         out["host_total_p99"] = 1e3 * totals[min(len(totals) - 1, int(0.99 * len(totals)))]
