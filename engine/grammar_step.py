@@ -13,6 +13,7 @@ the sampler waits for them. The matchers must not be touched between `start_fill
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ import torch
 from .logits_process import allocate_bitmask
 
 logger = logging.getLogger(__name__)
+
+_START_TIMEOUT_S = 1.0  # a worker that does not start by then is waited for in wait_fill
 
 
 @dataclass
@@ -63,6 +66,7 @@ class GrammarStepper:
         self._plan = None  # the MaskFill of the fill in progress
         self._host_seconds = 0.0  # this thread's share of the fill in progress
         self._failed: list = []
+        self._started = threading.Event()  # set by the worker as it begins a fill
         self.stats = GrammarStats()
 
     def _grow(self, num_rows: int) -> None:
@@ -131,7 +135,13 @@ class GrammarStepper:
             return
         if self._worker is None:
             self._worker = ThreadPoolExecutor(1, thread_name_prefix="corral-masks")
-        self._pending = self._worker.submit(_timed, self._plan.compute)
+        # Wait until the worker runs: it needs the GIL to enter the native fill, and this
+        # thread's pure-Python work next (appending, detokenizing) would hold the GIL until
+        # the interpreter's switch interval (5 ms) forced it out, so without the handshake
+        # the fill started only once this thread waited for it (no overlap at all).
+        self._started.clear()
+        self._pending = self._worker.submit(_timed, self._plan.compute, self._started)
+        self._started.wait(_START_TIMEOUT_S)
 
     def wait_fill(self) -> list:
         """Wait for the fill; returns the matchers that failed to fill their rows (which
@@ -174,9 +184,11 @@ class GrammarStepper:
             self._worker = None
 
 
-def _timed(work) -> float:
-    """Run `work()`; its seconds."""
+def _timed(work, started: threading.Event | None = None) -> float:
+    """Run `work()` (after setting `started`); its seconds."""
     start = time.perf_counter()
+    if started is not None:
+        started.set()
     work()
     return time.perf_counter() - start
 

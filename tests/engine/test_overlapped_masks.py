@@ -66,3 +66,42 @@ def test_overlapped_mask_fill_gives_the_same_outputs(llm, tokenizer, fast_forwar
     assert set(person) == {"name", "age"} and overlapped[0].outputs[0].finish_reason == "stop"
     assert overlapped[1].outputs[0].text in ("yes", "no")
     assert not llm.engine.has_unfinished_requests()
+
+
+def test_the_fill_worker_has_begun_when_start_fill_returns(monkeypatch):
+    """The engine thread's next work is pure Python (appending, detokenizing), which holds
+    the GIL: a worker that had not yet entered the native fill would wait for the
+    interpreter's switch interval before it could, so `start_fill` returns only once the
+    worker runs (made 0.5 s here: without the handshake the fill would start that late)."""
+    import sys
+    import time
+
+    from corral.engine.grammar_step import GrammarStepper, MaskJobs
+    from corral.grammars import mask_fill
+
+    began: list[float] = []
+
+    def compute(self):
+        began.append(time.perf_counter())
+        time.sleep(0.01)  # the native part: holds no GIL
+
+    monkeypatch.setattr(mask_fill.MaskFill, "compute", compute)
+    stepper = GrammarStepper(vocab_size=64, max_rows=2, pin_memory=False, overlap=True)
+    jobs = MaskJobs()
+    jobs.add(object(), [])  # planned as a row of another backend; compute is patched
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(0.5)
+    try:
+        stepper.start_fill(jobs)  # the first fill starts the worker thread (which runs it)
+        stepper.wait_fill()
+        began.clear()
+        stepper.start_fill(jobs)  # now the worker waits on its queue
+        returned = time.perf_counter()
+        end = returned + 0.02
+        while time.perf_counter() < end:  # the engine thread's Python work
+            pass
+        assert stepper.wait_fill() == []
+    finally:
+        sys.setswitchinterval(interval)
+        stepper.shutdown()
+    assert began and began[0] <= returned
