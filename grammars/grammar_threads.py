@@ -12,6 +12,7 @@ import xgrammar
 _executor: llguidance.LLExecutor | None = None
 _xgrammar_batch: xgrammar.BatchGrammarMatcher | None = None
 _executor_lock = threading.Lock()
+_CORES = os.cpu_count() or 1  # read once: os.cpu_count() reads a file on every call
 
 
 def _num_threads() -> int:
@@ -23,8 +24,7 @@ def grammar_threads() -> int:
     4 cores or more, else 1. With 1, batches run row by row on the calling thread: on a
     2-core machine a pool's spinning threads would slow the model's own threads more
     than they save."""
-    cores = os.cpu_count() or 1
-    default = min(8, cores) if cores >= 4 else 1
+    default = min(8, _CORES) if _CORES >= 4 else 1
     return max(1, int(os.environ.get("CORRAL_MASK_THREADS", default)))
 
 
