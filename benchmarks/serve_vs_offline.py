@@ -93,14 +93,22 @@ async def wait_ready(base_url: str, server: subprocess.Popen, timeout: float) ->
 
 
 async def online(args: argparse.Namespace, server: subprocess.Popen,
-                 prompts: list[list[int]], outputs: list[int]
-                 ) -> tuple[dict[str, float], dict[str, float]]:
-    """(stats at rate inf, stats at `--itl-rate`) from benchmarks/serve.py's client."""
+                 prompts: list[list[int]], outputs: list[int], offline_rate: float) -> None:
+    """Both online phases with benchmarks/serve.py's client, each printed as soon as it is
+    measured (a run cut by a time limit still shows what it measured)."""
     model = await wait_ready(args.base_url, server, args.server_timeout)
     await run_rate(args, math.inf, model, prompts[:2], [4] * len(prompts[:2]))  # warm-up
     at_inf, _ = await run_rate(args, math.inf, model, prompts, outputs)
+    online_tokens = at_inf["tok_s"] * at_inf["duration"]
+    print(f"online, rate inf:         {online_tokens:>7.0f} tokens {at_inf['duration']:8.2f} s "
+          f"{at_inf['tok_s']:9.1f} tok/s ({at_inf['ok']}/{at_inf['n']} ok)")
+    print(f"online / offline tok/s:   {at_inf['tok_s'] / offline_rate:.3f} (target >= 0.95)",
+          flush=True)
     at_rate, _ = await run_rate(args, args.itl_rate, model, prompts, outputs)
-    return at_inf, at_rate
+    p50, p99 = at_rate["itl_p50"], at_rate["itl_p99"]
+    print(f"online, rate {args.itl_rate:g}/s: ITL p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
+          f"p99/p50 {p99 / p50:.2f} (target <= 2); TTFT p50 {at_rate['ttft_p50']:.1f} ms, "
+          f"{at_rate['tok_s']:.1f} tok/s ({at_rate['ok']}/{at_rate['n']} ok)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,32 +141,23 @@ def main(argv: list[str] | None = None) -> int:
     args.base_url, args.api_key = f"http://127.0.0.1:{args.port}/v1", "none"
     prompts, outputs = workload(args)
 
+    name = args.shape or args.model or "embedded model"
+    print(f"{args.num_prompts} prompts x {args.input_len} tokens in, {args.output_len} out "
+          f"(EOS ignored); {name}, {args.load_format or 'auto'} weights, device "
+          f"{args.device or 'auto'}", flush=True)
     seconds, tokens = run_in_child(offline, args, prompts, outputs)
     offline_rate = tokens / seconds
+    print(f"offline LLM.generate:     {tokens:>7} tokens {seconds:8.2f} s "
+          f"{offline_rate:9.1f} tok/s", flush=True)
     server = start_server(args)
     try:
-        at_inf, at_rate = asyncio.run(online(args, server, prompts, outputs))
+        asyncio.run(online(args, server, prompts, outputs, offline_rate))
     finally:
         server.terminate()
         try:
             server.wait(timeout=60)
         except subprocess.TimeoutExpired:
             server.kill()
-
-    name = args.shape or args.model or "embedded model"
-    print(f"\n{args.num_prompts} prompts x {args.input_len} tokens in, {args.output_len} out "
-          f"(EOS ignored); {name}, {args.load_format or 'auto'} weights, device "
-          f"{args.device or 'auto'}")
-    print(f"offline LLM.generate:     {tokens:>7} tokens {seconds:8.2f} s "
-          f"{offline_rate:9.1f} tok/s")
-    online_tokens = at_inf["tok_s"] * at_inf["duration"]
-    print(f"online, rate inf:         {online_tokens:>7.0f} tokens {at_inf['duration']:8.2f} s "
-          f"{at_inf['tok_s']:9.1f} tok/s ({at_inf['ok']}/{at_inf['n']} ok)")
-    print(f"online / offline tok/s:   {at_inf['tok_s'] / offline_rate:.3f} (target >= 0.95)")
-    p50, p99 = at_rate["itl_p50"], at_rate["itl_p99"]
-    print(f"online, rate {args.itl_rate:g}/s: ITL p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
-          f"p99/p50 {p99 / p50:.2f} (target <= 2); TTFT p50 {at_rate['ttft_p50']:.1f} ms, "
-          f"{at_rate['tok_s']:.1f} tok/s ({at_rate['ok']}/{at_rate['n']} ok)")
     return 0
 
 
