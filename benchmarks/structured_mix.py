@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import random
 import statistics
@@ -151,14 +152,15 @@ def print_grammar_table(times: dict[str, list[float]], walks: dict[str, dict]) -
 
 
 def print_timeline(level: int, free: dict[str, float], constrained: dict[str, float]) -> None:
-    keys = ["steps", "batch"] + [f"host_{p}" for p in PHASES] + [
+    keys = ["steps", "steps_with_prefill", "batch"] + [f"host_{p}" for p in PHASES] + [
         "host_total", "host_total_p99", "device_forward", "device_sample", "gap_before_sample",
         "gap_before_forward", "device_step"] + [f"host_{p}_s" for p in PHASES] + [
         "host_total_s", "device_busy_s", "device_idle_s"]
     print(f"  timeline at {level} in flight (median per step):   {'free':>9} {'constrained':>12}")
     for key in keys:
         if key in free or key in constrained:
-            unit = "" if key in ("steps", "batch") else (" s" if key.endswith("_s") else " ms")
+            counts = ("steps", "steps_with_prefill", "batch")
+            unit = "" if key in counts else (" s" if key.endswith("_s") else " ms")
             print(f"    {key:<34} {free.get(key, float('nan')):>9.2f} "
                   f"{constrained.get(key, float('nan')):>12.2f}{unit}")
 
@@ -187,6 +189,9 @@ def main() -> None:
                     help="verify the tokens grammars force ahead, several per forward pass")
     ap.add_argument("--completion-workers", type=int, default=None,
                     help="worker processes for completion searches (default: the engine's)")
+    ap.add_argument("--dump-steps", default=None, metavar="FILE",
+                    help="write every profiled step (host ms per phase, batch, device ms) "
+                         "as JSON lines, tagged with the level and the run")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -261,6 +266,11 @@ def main() -> None:
         rows.append((level, count, tokens, tf, tc, errors, count - len(kept), cache_share))
         if prof_c is not None:
             timelines.append((level, prof_f.summary(), prof_c.summary()))
+            if args.dump_steps:
+                with open(args.dump_steps, "a") as f:
+                    for run, prof in (("free", prof_f), ("constrained", prof_c)):
+                        for row in prof.step_rows():
+                            f.write(json.dumps({"level": level, "run": run, **row}) + "\n")
         if first_outputs is None:
             first_outputs = [outs[order.index(i)] if i in order else None
                              for i in range(len(items))]

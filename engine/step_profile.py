@@ -93,6 +93,8 @@ class StepProfiler:
         for phase in phases:
             out[f"host_{phase}"] = 1e3 * statistics.median(r.host.get(phase, 0.0) for r in steps)
             out[f"host_{phase}_s"] = sum(r.host.get(phase, 0.0) for r in steps)
+        # Steps that also prefill (more tokens than sequences) run without CUDA graphs.
+        out["steps_with_prefill"] = float(sum(1 for r in steps if r.num_tokens > r.num_seqs))
         totals = sorted(sum(r.host.values()) for r in steps)
         out["host_total"] = 1e3 * statistics.median(totals)
         out["host_total_p99"] = 1e3 * totals[min(len(totals) - 1, int(0.99 * len(totals)))]
@@ -102,6 +104,27 @@ class StepProfiler:
         else:
             out["device_forward"] = 1e3 * statistics.median(r.cpu_forward_seconds for r in steps)
         return out
+
+    def step_rows(self) -> list[dict[str, float]]:
+        """One dict per step that ran a batch: host ms per phase, batch facts and (GPU)
+        device ms of its forward and sampling, for looking at steps one by one."""
+        if self.is_cuda:
+            torch.cuda.synchronize()
+        rows = []
+        for r in self.records:
+            if not r.num_seqs:
+                continue
+            row: dict[str, float] = {"seqs": r.num_seqs, "tokens": r.num_tokens,
+                                     "masked": r.num_masked}
+            row.update({f"host_{p}": 1e3 * s for p, s in r.host.items()})
+            ev = r.events
+            if all(p in ev for p in DEVICE_POINTS):
+                row["device_forward"] = ev["forward_start"].elapsed_time(ev["forward_end"])
+                row["device_sample"] = ev["sample_start"].elapsed_time(ev["sample_end"])
+            elif not self.is_cuda:
+                row["device_forward"] = 1e3 * r.cpu_forward_seconds
+            rows.append(row)
+        return rows
 
     def _device_summary(self, steps: list[StepRecord]) -> dict[str, float]:
         forward, sample, gap_sample, gap_forward, wall = [], [], [], [], []
