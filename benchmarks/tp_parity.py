@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -58,8 +59,14 @@ def leading_agreement(a: list[int], b: list[int]) -> int:
 
 def compare(args: argparse.Namespace, dtype: str) -> tuple[int, int]:
     """Run both, print the table; returns (tokens that agree, tokens)."""
+    start = time.perf_counter()
     lengths, single, card = run_in_child(greedy, args, dtype, 1)
+    print(f"{dtype}: one rank ran in {time.perf_counter() - start:.0f} s (start-up included)",
+          flush=True)
+    start = time.perf_counter()
     _, split, _ = run_in_child(greedy, args, dtype, args.tensor_parallel_size)
+    print(f"{dtype}: {args.tensor_parallel_size} ranks ran in {time.perf_counter() - start:.0f} s",
+          flush=True)
     weights = f"{args.shape or 'checkpoint'} ({args.load_format} weights, seed {args.seed})"
     print(f"\ntensor-parallel {args.tensor_parallel_size} vs 1: {weights}, {dtype}, "
           f"{args.device} ({card}); greedy, EOS ignored")
