@@ -12,7 +12,13 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -90,6 +96,10 @@ class ServerMetrics:
 
     def __init__(self, engine: Any, model_name: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # The API process's own CPU seconds and memory (`process_*`, where /proc exists):
+        # CPU seconds per output token show when the API process, not the engine, is the
+        # bottleneck (data parallelism relays every replica's tokens through it).
+        ProcessCollector(registry=self.registry)
         self._engine = engine
         labels = ["model_name"]
         self._model = model_name

@@ -158,17 +158,29 @@ async def main_async(args: argparse.Namespace) -> int:
     print(header)
     print(" " * 49 + "(ms)      (ms)     (ms)     (ms)      (s)")
     hits_before = await prefix_cache_counts(args) if args.prefix_groups else None
+    cpu_rows = []  # (rate, run, API process CPU seconds, output tokens)
+
+    async def timed_rate(run: str, *rate_args) -> list:
+        cpu0 = await server_cpu_seconds(args)
+        s, results = await run_rate(args, *rate_args)
+        cpu1 = await server_cpu_seconds(args)
+        print_row(s, run)
+        if cpu0 is not None and cpu1 is not None:
+            cpu_rows.append((s["rate"], run, cpu1 - cpu0,
+                             sum(r.output_tokens for r in results)))
+        return results
+
     for n, rate in enumerate(args.rates):
         if schemas:
-            s, results = await run_rate(args, rate, model, prompts, outputs, schemas)
-            print_row(s, "constrained")
+            results = await timed_rate("constrained", rate, model, prompts, outputs, schemas)
             lengths = [max(r.output_tokens, 1) for r in results]
             fresh, _ = workload(args, seed=args.seed + 1000 + n)
-            s, _ = await run_rate(args, rate, model, fresh, lengths)
-            print_row(s, "free")
+            await timed_rate("free", rate, model, fresh, lengths)
         else:
-            s, _ = await run_rate(args, rate, model, prompts, outputs)
-            print_row(s, "free")
+            await timed_rate("free", rate, model, prompts, outputs)
+    for rate, run, cpu, tokens in cpu_rows:
+        print(f"API process at rate {rate:g} ({run}): {cpu:.2f} CPU s for {tokens} output "
+              f"tokens, {1e6 * cpu / max(tokens, 1):.1f} us per token")
     if hits_before is not None:
         after = await prefix_cache_counts(args)
         for replica, (hits, queries) in sorted(after.items()):
@@ -176,6 +188,18 @@ async def main_async(args: argparse.Namespace) -> int:
             print(f"prefix cache, replica {replica or '-'}: {hits - h0:.0f} of {queries - q0:.0f} "
                   f"prompt tokens hit ({(hits - h0) / max(queries - q0, 1):.1%})")
     return 0
+
+
+async def server_cpu_seconds(args: argparse.Namespace) -> float | None:
+    """The API process's CPU seconds so far (`process_cpu_seconds_total` on /metrics; None
+    where the server does not report it). Several clients' runs overlap in it."""
+    base = args.base_url.rstrip("/").removesuffix("/v1")
+    async with httpx.AsyncClient(timeout=30) as client:
+        r = await client.get(base + "/metrics")
+    for line in r.text.splitlines() if r.status_code == 200 else []:
+        if line.startswith("process_cpu_seconds_total "):
+            return float(line.split()[-1])
+    return None
 
 
 async def prefix_cache_counts(args: argparse.Namespace) -> dict[str, tuple[float, float]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 import uuid
 
@@ -129,6 +130,8 @@ def test_metrics_move(server, client):
         assert metric(after, name) > metric(before, name), name
     assert metric(after, "corral_inter_token_latency_seconds_count") >= \
         metric(before, "corral_inter_token_latency_seconds_count")
+    if sys.platform == "linux":  # the API process's own CPU time, read from /proc
+        assert metric(after, "process_cpu_seconds_total") > 0
     for name in ("corral_num_requests_running", "corral_num_requests_waiting",
                  "corral_kv_cache_usage_perc", "corral_prefix_cache_hit_rate",
                  "corral_num_preemptions_total", "corral_grammar_compile_seconds_count",
