@@ -102,21 +102,34 @@ async def last_output(outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
     return final
 
 
-async def until_disconnect(request: Request, work: Awaitable[T], poll: float) -> T:
-    """Await `work`, cancelling it (and so aborting its requests) if the client leaves."""
+async def until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it (and so aborting its requests) if the client leaves.
+
+    A watcher awaits the connection's next ASGI message: once the body is read, only a
+    disconnect comes. Nothing is polled, so requests waiting in a long queue cost the API
+    process nothing (polling `Request.is_disconnected` every quarter second took a quarter
+    of its busy time with 192 streams queued)."""
     task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request))
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=poll)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                raise ClientDisconnected()
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            return task.result()
+        raise ClientDisconnected()
     finally:
+        watcher.cancel()
         if not task.done():
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
+
+
+async def _disconnected(request: Request) -> None:
+    """Return once the client has gone (the body's messages, if unread, are skipped)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
 
 
 async def gather_or_cancel(*works: Awaitable[T]) -> list[T]:

@@ -129,14 +129,12 @@ async def chat_completion(state: ServerState, req: ChatCompletionRequest,
     prep = await prepare_chat(state, req)
     outputs = generate(state, prep.prompt_ids, prep.params, prep.request_id)
     if req.stream:
-        first = await until_disconnect(raw, outputs.__anext__(),
-                                       state.settings.disconnect_poll_seconds)
+        first = await until_disconnect(raw, outputs.__anext__())
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         body = ChatStream(state, prep, include_usage).events(first, outputs)
         return StreamingResponse(guarded_stream(body), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
-    final = await until_disconnect(raw, last_output(outputs),
-                                   state.settings.disconnect_poll_seconds)
+    final = await until_disconnect(raw, last_output(outputs))
     choices = []
     for out in final.outputs:
         message = _parse_output(prep, out.text, out.finish_reason == "length")

@@ -61,17 +61,15 @@ async def completion(state: ServerState, req: CompletionRequest,
                for i, (ids, p) in enumerate(zip(prompt_ids, params, strict=True))]
     n = params[0].n
     created = int(time.time())
-    poll = state.settings.disconnect_poll_seconds
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         firsts = await until_disconnect(
-            raw, gather_or_cancel(*(s.__anext__() for s in streams)), poll)
+            raw, gather_or_cancel(*(s.__anext__() for s in streams)))
         body = _stream(state, req, request_id, model, created, n, firsts, streams,
                        echo_texts, include_usage)
         return StreamingResponse(guarded_stream(body), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
-    finals = await until_disconnect(raw, gather_or_cancel(*(last_output(s) for s in streams)),
-                                    poll)
+    finals = await until_disconnect(raw, gather_or_cancel(*(last_output(s) for s in streams)))
     choices = []
     for p, final in enumerate(finals):
         prefix = echo_texts[p] if echo_texts else ""

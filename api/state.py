@@ -38,7 +38,6 @@ class ServerSettings:
     api_key: str | None = None
     served_model_name: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    disconnect_poll_seconds: float = 0.25
     tool_call_format: str = "auto"
     responses_db: str | None = None
     max_waiting: int | None = None

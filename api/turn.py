@@ -128,8 +128,7 @@ async def turn_events(prep: PreparedChat, outputs: AsyncIterator[RequestOutput],
 async def whole_turn(state: ServerState, raw: Request, prep: PreparedChat,
                      outputs: AsyncIterator[RequestOutput]) -> list[TurnEvent]:
     """A non-streamed turn's events (aborted if the client leaves first)."""
-    final = await until_disconnect(raw, last_output(outputs),
-                                   state.settings.disconnect_poll_seconds)
+    final = await until_disconnect(raw, last_output(outputs))
     return TurnReader(prep).step(final)
 
 
@@ -137,8 +136,7 @@ async def first_output(state: ServerState, raw: Request,
                        outputs: AsyncIterator[RequestOutput]) -> RequestOutput:
     """A streamed turn's first output, so that refusals still get an HTTP error status."""
     try:
-        return await until_disconnect(raw, outputs.__anext__(),
-                                      state.settings.disconnect_poll_seconds)
+        return await until_disconnect(raw, outputs.__anext__())
     except BaseException:
         await outputs.aclose()  # type: ignore[attr-defined]
         raise
