@@ -82,6 +82,9 @@ _SERVE_FLAGS: list[tuple[str, Callable[[str], Any], Any, str]] = [
     ("--shape", _optional_str, None, "a built-in model shape for dummy weights (e.g. "
                                      "llama3-8b)"),
     ("--enforce-eager", parse_bool, None, "no CUDA graphs"),
+    ("--max-mixed-graph-tokens", int, None, "steps mixing prefill and decodes up to this "
+                                            "many tokens replay CUDA graphs cut at attention "
+                                            "(default 1024; 0: eager)"),
     ("--async-scheduling", parse_bool, None, "launch each step before reading back the "
                                              "last one's tokens (default: on for CUDA)"),
     ("--seed", int, None, "engine seed"),

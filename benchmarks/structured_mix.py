@@ -192,6 +192,9 @@ def main() -> None:
     ap.add_argument("--dump-steps", default=None, metavar="FILE",
                     help="write every profiled step (host ms per phase, batch, device ms) "
                          "as JSON lines, tagged with the level and the run")
+    ap.add_argument("--max-mixed-graph-tokens", type=int, default=1024,
+                    help="steps mixing prefill and decodes up to this many tokens replay "
+                         "CUDA graphs cut at attention (0: eager)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
@@ -200,7 +203,8 @@ def main() -> None:
               shape=args.shape, load_format=args.load_format, max_num_seqs=max(levels),
               max_model_len=args.max_model_len, enable_prefix_caching=False,
               grammar_backend=args.grammar_backend,
-              fast_forward=args.fast_forward, completion_workers=args.completion_workers)
+              fast_forward=args.fast_forward, completion_workers=args.completion_workers,
+              max_mixed_graph_tokens=args.max_mixed_graph_tokens)
     engine = llm.engine
 
     compiles = compile_check(engine)

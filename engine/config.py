@@ -32,7 +32,9 @@ class EngineConfig:
     `tensor_parallel_size` splits the model over that many ranks (one process per GPU),
     `nnodes` machines with as many ranks each; node 0 runs the engine, the others only
     workers (`node_rank` > 0). They meet at `master_addr:master_port` (None: a free port,
-    one node only).
+    one node only). On CUDA, pure-decode steps replay whole-forward CUDA graphs and steps
+    that mix in prefill chunks, up to `max_mixed_graph_tokens` tokens (0: none), replay
+    graphs cut at each layer's attention, which runs eagerly (`enforce_eager`: no graphs).
     """
 
     model: str | None = None
@@ -56,6 +58,7 @@ class EngineConfig:
     load_format: str = "auto"
     shape: str | None = None
     enforce_eager: bool = False
+    max_mixed_graph_tokens: int = 1024
     attention_backend: str = "auto"
     async_scheduling: bool | None = None
     speculative: str | None = None
@@ -80,6 +83,8 @@ class EngineConfig:
               "must be in (0, 1]")
         check(self.max_num_seqs >= 1, "max_num_seqs", "must be at least 1")
         check(self.max_num_batched_tokens >= 1, "max_num_batched_tokens", "must be at least 1")
+        check(isinstance(self.max_mixed_graph_tokens, int) and self.max_mixed_graph_tokens >= 0,
+              "max_mixed_graph_tokens", "must be a non-negative integer")
         check(self.max_model_len is None or self.max_model_len >= 1, "max_model_len",
               "must be positive")
         check(self.grammar_backend in _GRAMMAR_BACKENDS, "grammar_backend",

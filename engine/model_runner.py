@@ -22,6 +22,7 @@ from .attention import AttentionMetadata, TorchAttentionBackend
 from .config import EngineConfig
 from .cuda_graphs import DecodeGraphs
 from .dummy_weights import init_dummy_weights
+from .mixed_graphs import MixedGraphs
 from .model_loader import build_model, load_config, load_weights
 from .scheduler import SchedulerOutput
 from .tensor_parallel import TensorParallel, check_tensor_parallel
@@ -154,6 +155,7 @@ class ModelRunner:
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.num_blocks = 0
         self.graphs: DecodeGraphs | None = None
+        self.mixed_graphs: MixedGraphs | None = None
         # Two pinned staging buffers used in turn, each with the event of its last copy: with
         # async scheduling the host fills one while the device may still read the other.
         self._staging = [torch.empty(0, dtype=torch.int64) for _ in range(2)]
@@ -197,6 +199,11 @@ class ModelRunner:
             self.graphs = DecodeGraphs(self.model, self.kv_caches, max_rows,
                                        max_blocks, self.max_model_len, self.device)
             self.graphs.capture()
+            if self.config.max_mixed_graph_tokens > 0:
+                self.mixed_graphs = MixedGraphs(self.model, self.kv_caches, self.backend,
+                                                self.config.max_mixed_graph_tokens,
+                                                self.device)
+                self.mixed_graphs.capture()
         return num_blocks
 
     @property
@@ -429,6 +436,9 @@ class ModelRunner:
         if (self.graphs is not None and meta.num_decodes == meta.num_seqs
                 and self.graphs.can_run(meta.num_seqs, meta.block_tables.shape[1])):
             hidden = self.graphs.run(inputs.input_ids, inputs.positions, meta)
+        elif (self.mixed_graphs is not None
+              and self.mixed_graphs.can_run(inputs.input_ids.shape[0])):
+            hidden = self.mixed_graphs.run(inputs.input_ids, inputs.positions, meta)
         else:
             hidden = self.model(inputs.input_ids, inputs.positions, self.kv_caches, meta)
         return self.model.compute_logits(hidden[inputs.logits_indices])

@@ -65,6 +65,29 @@ def test_async_overlapped_masks_equal_the_sync_loop(plain_llm):
         assert a.outputs[0].finish_reason == b.outputs[0].finish_reason
 
 
+def test_mixed_steps_in_cut_graphs_equal_eager_steps(plain_llm):
+    """More requests than sequence slots: new prompts join running decodes, so most
+    prefill steps are mixed and replay the graphs cut at attention."""
+    engine = plain_llm.engine
+    mixed = engine.runner.mixed_graphs
+    assert mixed is not None and mixed.sizes[-1] == 1024
+    rng = random.Random(1)
+    prompts = [[rng.randrange(1000, engine.vocab_size - 1000) for _ in range(rng.randrange(5, 400))]
+               for _ in range(40)]
+    params = [SamplingParams(temperature=0, max_tokens=rng.randrange(8, 40), ignore_eos=True)
+              for _ in prompts]
+    replays = mixed.num_replays
+    cut = plain_llm.generate(prompts, params)
+    assert mixed.num_replays > replays
+    engine.runner.mixed_graphs = None
+    try:
+        eager = plain_llm.generate(prompts, params)
+    finally:
+        engine.runner.mixed_graphs = mixed
+    for a, b in zip(eager, cut, strict=True):
+        assert a.outputs[0].token_ids == b.outputs[0].token_ids
+
+
 def test_draft_rows_in_cuda_graphs_equal_plain_decoding(plain_llm):
     prompts, params = _workload(plain_llm.engine.vocab_size)
     expected = plain_llm.generate(prompts, params)
