@@ -12,6 +12,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+CHILD_EXIT_SECONDS = 120.0  # how long a child that has answered may take to exit
+
 
 def _call(conn: Connection, fn: Callable[..., Any], args: tuple) -> None:
     try:
@@ -37,7 +39,12 @@ def run_in_child(fn: Callable[..., Any], *args: Any) -> Any:
     except EOFError:
         proc.join()
         raise RuntimeError(f"{fn.__name__} died (exit code {proc.exitcode})") from None
-    proc.join()
+    proc.join(CHILD_EXIT_SECONDS)
+    if proc.exitcode is None:  # the result is in: a child stuck on its way out is ended
+        print(f"{fn.__name__}'s process did not exit within {CHILD_EXIT_SECONDS:.0f} s; "
+              "killed", flush=True)
+        proc.kill()
+        proc.join()
     if not ok:
         raise RuntimeError(f"{fn.__name__} failed in its process:\n{value}")
     return value

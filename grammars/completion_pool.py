@@ -71,8 +71,12 @@ class CompletionSearchPool:
         return worker.submit(_search, kind, text, backend, tokens, max_tokens, node_budget)
 
     def shutdown(self) -> None:
+        """Cancel the queued searches and wait for the workers to exit (a running search
+        ends within its node budget). Not waiting would leave the stop to the interpreter's
+        exit, which in a spawned process (a benchmark phase) joins the workers before they
+        are told to stop: a hang."""
         for worker in self._workers:
-            worker.shutdown(wait=False, cancel_futures=True)
+            worker.shutdown(wait=True, cancel_futures=True)
 
 
 # ---- in the worker ----------------------------------------------------------------------

@@ -46,3 +46,38 @@ def test_workers_exit_when_their_engine_process_is_killed():
     finally:
         owner.kill()
         owner.wait()
+
+
+_SPAWNED_OWNER = textwrap.dedent("""
+    import multiprocessing as mp
+
+
+    def build_and_shut_down():
+        from corral.engine.model_files import default_model_dir
+        from corral.engine.tokenizer import load_tokenizer
+        from corral.grammars.completion_pool import CompletionSearchPool
+
+        tokenizer = load_tokenizer(default_model_dir())
+        pool = CompletionSearchPool(tokenizer, len(tokenizer), [tokenizer.eos_token_id], 2)
+        pool._warm[0].result(timeout=120)
+        pool.shutdown()
+
+
+    if __name__ == "__main__":
+        child = mp.get_context("spawn").Process(target=build_and_shut_down)
+        child.start()
+        child.join(90)
+        print("exited" if child.exitcode is not None else "hung", flush=True)
+        if child.exitcode is None:
+            child.kill()
+""")
+
+
+def test_a_spawned_process_with_a_pool_exits_after_shutting_it_down(tmp_path):
+    # A benchmark runs each engine in a spawned process; its exit used to join the workers
+    # before they were told to stop, and hung.
+    script = tmp_path / "owner.py"
+    script.write_text(_SPAWNED_OWNER)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=180, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.stdout.strip() == "exited", done.stderr[-2000:]
