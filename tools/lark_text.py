@@ -41,11 +41,81 @@ def regex_escape(text: str) -> str:
 
 
 def text_without(texts: list[str]) -> str:
-    """A lexeme body: any text that contains none of `texts`."""
+    """A lexeme body: any text that contains none of `texts`.
+
+    One marker whose first character does not recur in it (`<tool_call>`, `</think>`,
+    `[TOOL_CALLS]`) gets a plain regex (`avoiding_regex`); others intersect with a
+    complement, which llguidance matches as exactly but more slowly (no token slices).
+    """
+    texts = [t for t in texts if t]
+    if len(texts) == 1 and (regex := avoiding_regex(texts[0])) is not None:
+        return f"/{regex}/"
     body = ANY_TEXT
     for text in texts:
         body += f" & ~/(?s:.*){regex_escape(text)}(?s:.*)/"
     return body
+
+
+def text_until(marker: str) -> str:
+    """A lexeme body: any text that ends with its only `marker` (the text up to and with
+    the first marker)."""
+    if (regex := avoiding_regex(marker)) is not None:
+        return f"/{regex}{_escape_all(marker)}/"
+    quoted = regex_escape(marker)
+    return f"/(?s:.*){quoted}/ & ~/(?s:.*){quoted}(?s:.+)/"
+
+
+def nonempty_text_without(marker: str) -> str:
+    """A lexeme body: any non-empty text that does not contain `marker`."""
+    if (parts := _avoiding_parts(marker)) is not None:
+        item, tail = parts
+        if tail is None:
+            return f"/(?:{item})+/"
+        return f"/(?:{item})+(?:{tail})?|{tail}/"
+    return f"/(?s:.+)/ & ~/(?s:.*){regex_escape(marker)}(?s:.*)/"
+
+
+def avoiding_regex(marker: str) -> str | None:
+    """A regex without intersection or complement for the texts that do not contain
+    `marker`, or None when its first character recurs in it.
+
+    Why: llguidance adds whole token slices (see the grammar backend) only inside lexemes
+    without `&` and `~`; a free-text lexeme with them costs a full-vocabulary walk per step.
+    """
+    parts = _avoiding_parts(marker)
+    if parts is None:
+        return None
+    item, tail = parts
+    return f"(?:{item})*" if tail is None else f"(?:{item})*(?:{tail})?"
+
+
+def _avoiding_parts(marker: str) -> tuple[str, str | None] | None:
+    """(item, tail): marker-free text is `item*` then at most one `tail` (None: no tail).
+
+    With c = marker[0] not in rest = marker[1:], a scan for the marker is in state k after
+    matching its first k characters; c always leads back to state 1. `item` is a piece
+    from state 0 back to state 0: a character other than c, or c, any loops through state
+    1 (a partial match then c), then a partial match and a character that breaks it.
+    `tail` ends inside a partial match.
+    """
+    if not marker or marker[0] in marker[1:]:
+        return None
+    c, rest = marker[0], marker[1:]
+    first = _escape_all(c)
+    if not rest:
+        return f"[^{first}]", None
+    prefixes = [_escape_all(rest[:k]) for k in range(len(rest))]
+    breaks = "|".join(f"{p}[^{_escape_all(rest[k])}{first}]" for k, p in enumerate(prefixes))
+    loops = "|".join(f"{p}{first}" for p in prefixes)
+    partial = "|".join(p for p in prefixes if p)
+    item = f"[^{first}]|{first}(?:{loops})*(?:{breaks})"
+    tail = f"{first}(?:{loops})*(?:{partial})?" if partial else f"{first}(?:{loops})*"
+    return item, tail
+
+
+def _escape_all(text: str) -> str:
+    """Every ASCII character as a `\\xHH` escape (safe in and out of character classes)."""
+    return "".join(f"\\x{ord(ch):02X}" if ord(ch) < 128 else ch for ch in text)
 
 
 @dataclass(frozen=True)

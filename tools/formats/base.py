@@ -20,7 +20,13 @@ from typing import Any, ClassVar
 
 from corral.grammars.param_error import ParamError
 from corral.tools.functions import FunctionSpec, ToolChoice
-from corral.tools.lark_text import ANY_TEXT, TokenMarkers, regex_escape, text_without
+from corral.tools.lark_text import (
+    ANY_TEXT,
+    TokenMarkers,
+    nonempty_text_without,
+    text_until,
+    text_without,
+)
 from corral.tools.output_parser import ChatOutputParser, OutputParser
 from corral.tools.prompt import apply_template, native_messages
 from corral.tools.reasoning import (
@@ -133,9 +139,11 @@ class ToolFormat:
         if self.markers.is_token(marker):
             # A special token ends any text lexeme before it.
             return [f"body: PLAIN | TEXT? {self.markers.seq(marker)} {after}",
-                    f"TEXT: /(?s:.+)/ & ~/(?s:.*){regex_escape(marker)}(?s:.*)/"]
-        # Text and a spelled-out marker are one lazy lexeme: it ends at the first marker.
-        return [f"body: PLAIN | head {after}", f"head[lazy]: /(?s:.*){regex_escape(marker)}/"]
+                    f"TEXT: {nonempty_text_without(marker)}"]
+        # Text and a spelled-out marker are one lexeme that ends at the first marker: it
+        # cannot go on past it. Greedy, not lazy: llguidance adds whole token slices at once
+        # only while no lazy lexeme is alive (a full-vocabulary walk per step otherwise).
+        return [f"body: PLAIN | HEAD {after}", f"HEAD: {text_until(marker)}"]
 
     def plain_rules(self) -> list[str]:
         """`PLAIN`: text in which no call can start."""

@@ -62,7 +62,8 @@ class Llama3JsonFormat(ToolFormat):
         if answer:
             return [f"body: {answer} | call", *rules]
         # Plain text may not start with "{" at all: an object there is a call.
-        return ["body: PLAIN | call", r"PLAIN: /(?s:.*)/ & ~/[ \t\r\n]*\{(?s:.*)/", *rules]
+        # (Written without `&`/`~` so that llguidance can add token slices in it.)
+        return ["body: PLAIN | call", r"PLAIN: /[ \t\r\n]*(?:[^ \t\r\n{](?s:.*))?/", *rules]
 
     def call_parser(self, tools: list[dict[str, Any]] | None) -> ToolCallParser:
         return ToolCallParser(tools, BARE_SYNTAX)
