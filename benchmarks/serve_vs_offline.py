@@ -4,7 +4,9 @@ The same seeded requests (`--num-prompts` random-token prompts of `--input-len` 
 `--output-len` output tokens each, EOS ignored) run first offline through `LLM.generate`
 (in a process of its own, gone before the next phase so the device is free), then online
 through a `corral serve` subprocess this script starts with the same engine settings on
-the same device: all at once (rate inf), then at Poisson rate `--itl-rate`. Prints output
+the same device: all at once (rate inf), then at Poisson rate `--itl-rate`, sent by
+`--client-processes` client processes (one Python client is CPU-bound near 10K streamed
+tokens/s; each prints the CPU seconds it used). Prints output
 tokens/s both ways and their ratio (target >= 0.95), and the inter-token latency p50/p99
 at `--itl-rate` with the ratio p99/p50 (target <= 2).
 
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -33,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from child_run import run_in_child  # noqa: E402
-from serve import run_rate, workload  # noqa: E402
+from serve import percentile, run_rate, workload  # noqa: E402
 
 
 def engine_args(args: argparse.Namespace) -> dict[str, object]:
@@ -92,19 +96,65 @@ async def wait_ready(base_url: str, server: subprocess.Popen, timeout: float) ->
     raise RuntimeError(f"the server was not ready within {timeout:.0f} s")
 
 
+def client_share(args: argparse.Namespace, rate: float, model: str, prompts: list[list[int]],
+                 outputs: list[int], start_at: float) -> dict:
+    """One client process's share of a run, started at wall time `start_at`: its raw
+    figures (merged by `run_clients`)."""
+
+    async def run() -> dict:
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        began = time.time()
+        stats, results = await run_rate(args, rate, model, prompts, outputs)
+        ok = [r for r in results if r.ok]
+        return {"began": began, "ended": began + stats["duration"], "n": len(results),
+                "ok": len(ok), "tokens": sum(r.output_tokens for r in ok),
+                "itls": [x for r in ok for x in r.itls], "ttfts": [r.ttft for r in ok],
+                "cpu": stats["client_cpu_s"]}
+
+    return asyncio.run(run())
+
+
+async def run_clients(args: argparse.Namespace, rate: float, model: str,
+                      prompts: list[list[int]], outputs: list[int]) -> dict[str, float]:
+    """`run_rate` over `--client-processes` processes, each sending every N-th request at
+    rate/N (a Poisson process split N ways is N Poisson processes), as traffic from many
+    clients arrives; one Python client relaying ~10K streamed tokens/s is itself CPU-bound.
+    Duration: first start to last end over all processes."""
+    n = args.client_processes
+    context = multiprocessing.get_context("spawn")
+    loop = asyncio.get_running_loop()
+    with concurrent.futures.ProcessPoolExecutor(n, mp_context=context) as pool:
+        # Start the workers (imports) before the clock: a first round trip each.
+        await asyncio.gather(*[loop.run_in_executor(pool, time.sleep, 0.5) for _ in range(n)])
+        start_at = time.time() + 1.0
+        shares = await asyncio.gather(*[
+            loop.run_in_executor(pool, client_share, args, rate / n, model, prompts[i::n],
+                                 outputs[i::n], start_at) for i in range(n)])
+    duration = max(s["ended"] for s in shares) - min(s["began"] for s in shares)
+    itls = [x for s in shares for x in s["itls"]]
+    return {"duration": duration, "ok": sum(s["ok"] for s in shares),
+            "n": sum(s["n"] for s in shares),
+            "tok_s": sum(s["tokens"] for s in shares) / duration,
+            "itl_p50": percentile(itls, 50) * 1000, "itl_p99": percentile(itls, 99) * 1000,
+            "ttft_p50": percentile([x for s in shares for x in s["ttfts"]], 50) * 1000,
+            "client_cpu_s": max(s["cpu"] for s in shares)}
+
+
 async def online(args: argparse.Namespace, server: subprocess.Popen,
                  prompts: list[list[int]], outputs: list[int], offline_rate: float) -> None:
     """Both online phases with benchmarks/serve.py's client, each printed as soon as it is
     measured (a run cut by a time limit still shows what it measured)."""
     model = await wait_ready(args.base_url, server, args.server_timeout)
     await run_rate(args, math.inf, model, prompts[:2], [4] * len(prompts[:2]))  # warm-up
-    at_inf, _ = await run_rate(args, math.inf, model, prompts, outputs)
+    at_inf = await run_clients(args, math.inf, model, prompts, outputs)
     online_tokens = at_inf["tok_s"] * at_inf["duration"]
     print(f"online, rate inf:         {online_tokens:>7.0f} tokens {at_inf['duration']:8.2f} s "
-          f"{at_inf['tok_s']:9.1f} tok/s ({at_inf['ok']}/{at_inf['n']} ok)")
+          f"{at_inf['tok_s']:9.1f} tok/s ({at_inf['ok']}/{at_inf['n']} ok; "
+          f"{args.client_processes} client process(es), the busiest used "
+          f"{at_inf['client_cpu_s']:.2f} CPU s)")
     print(f"online / offline tok/s:   {at_inf['tok_s'] / offline_rate:.3f} (target >= 0.95)",
           flush=True)
-    at_rate, _ = await run_rate(args, args.itl_rate, model, prompts, outputs)
+    at_rate = await run_clients(args, args.itl_rate, model, prompts, outputs)
     p50, p99 = at_rate["itl_p50"], at_rate["itl_p99"]
     print(f"online, rate {args.itl_rate:g}/s: ITL p50 {p50:.1f} ms, p99 {p99:.1f} ms, "
           f"p99/p50 {p99 / p50:.2f} (target <= 2); TTFT p50 {at_rate['ttft_p50']:.1f} ms, "
@@ -129,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-model-len", type=int, default=None,
                     help="default: input + output length + 16")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--client-processes", type=int, default=4,
+                    help="client processes sharing the online requests")
     ap.add_argument("--port", type=int, default=8731)
     ap.add_argument("--server-timeout", type=float, default=600.0,
                     help="seconds to wait for the server to start")
