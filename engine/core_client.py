@@ -118,8 +118,13 @@ class EngineCoreClient:
             await asyncio.to_thread(self.validate_structured, sent_params.structured_outputs)
         if request_id in self._streams:
             raise ParamError("request_id", f"{request_id!r} is already running")
-        stream = OutputStream(asyncio.get_running_loop(),
-                              RequestAssembler(request_id, None, prompt_ids, params))
+        # Text is made here, not on the engine's loop, unless stop strings need it there.
+        detokenize_here = params.detokenize and not params.stop
+        if detokenize_here:
+            sent_params = sent_params.clone(detokenize=False)
+        assembler = RequestAssembler(request_id, None, prompt_ids, params,
+                                     self.tokenizer if detokenize_here else None)
+        stream = OutputStream(asyncio.get_running_loop(), assembler)
         self._streams[request_id] = stream
         finished = False
         try:

@@ -34,18 +34,51 @@ class IncrementalDetokenizer:
 
     def update(self, all_token_ids: list[int]) -> str:
         """Take the full token list (prompt + output); return the text newly completed."""
+        return self._update_to(all_token_ids, len(all_token_ids))
+
+    def _update_to(self, all_token_ids: list[int], end: int) -> str:
+        """`update` with the first `end` tokens of `all_token_ids`."""
         prefix_text = self._decode(all_token_ids[self._prefix_offset : self._read_offset])
-        full_text = self._decode(all_token_ids[self._prefix_offset :])
+        full_text = self._decode(all_token_ids[self._prefix_offset : end])
         if len(full_text) <= len(prefix_text) or full_text.endswith(_REPLACEMENT):
             return ""
         new_text = full_text[len(prefix_text) :]
-        self._prefix_offset = max(self._read_offset, len(all_token_ids) - _CONTEXT_TOKENS)
-        self._read_offset = len(all_token_ids)
+        self._prefix_offset = max(self._read_offset, end - _CONTEXT_TOKENS)
+        self._read_offset = end
         self.text += new_text
         return new_text
 
     def reset_to(self, all_token_ids: list[int], num_prompt_tokens: int) -> None:
-        """Recompute the text of the output tokens from scratch (after a rollback)."""
-        self.text = self._decode(all_token_ids[num_prompt_tokens:])
-        self._read_offset = len(all_token_ids)
-        self._prefix_offset = max(num_prompt_tokens, self._read_offset - _CONTEXT_TOKENS)
+        """Recompute the text of the output tokens (after a rollback) as if they had been
+        appended one at a time: the same text, an incomplete last character held back
+        (decoding them at once would keep its U+FFFD in the text for good)."""
+        self.text = ""
+        self._read_offset = num_prompt_tokens
+        self._prefix_offset = max(0, num_prompt_tokens - _CONTEXT_TOKENS)
+        for end in range(num_prompt_tokens + 1, len(all_token_ids) + 1):
+            self._update_to(all_token_ids, end)
+
+
+def final_text(tokenizer: Any, prompt_token_ids: list[int], output_token_ids: list[int],
+               skip_special_tokens: bool) -> str:
+    """The text an `IncrementalDetokenizer` fed the output one token at a time would end
+    with, decoded at once (the prompt's last tokens as context)."""
+    detokenizer = IncrementalDetokenizer(tokenizer, prompt_token_ids, skip_special_tokens)
+    all_token_ids = [*prompt_token_ids, *output_token_ids]
+    detokenizer.update(all_token_ids)
+    if not detokenizer.text and output_token_ids:  # ends inside a character: replay
+        detokenizer.reset_to(all_token_ids, len(prompt_token_ids))
+    return detokenizer.text
+
+
+class NoDetokenizer:
+    """The detokenizer of a sequence whose text is not wanted here (`detokenize=False`:
+    the API process detokenizes it, or the caller wants token ids only): no text."""
+
+    text = ""
+
+    def update(self, all_token_ids: list[int]) -> str:
+        return ""
+
+    def reset_to(self, all_token_ids: list[int], num_prompt_tokens: int) -> None:
+        pass

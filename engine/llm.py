@@ -10,6 +10,7 @@ from typing import Any
 from corral.grammars.param_error import ParamError
 
 from .config import EngineConfig
+from .detokenizer import final_text
 from .llm_engine import LLMEngine
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams
@@ -52,16 +53,29 @@ class LLM:
                     "params", f"got {len(params_list)} SamplingParams for {len(prompts)} prompts"
                 )
         request_ids = []
+        detokenize_at_end: dict[str, bool] = {}  # request id -> skip_special_tokens
         try:
             for prompt, p in zip(prompts, params_list, strict=True):
                 request_id = f"offline-{next(self._ids)}"
+                if p.detokenize and not p.stop:
+                    # Only the final text is returned: decode it once at the end instead of
+                    # token by token on the engine's loop (stop strings need the latter).
+                    detokenize_at_end[request_id] = p.skip_special_tokens
+                    p = p.clone(detokenize=False)
                 self.engine.add_request(request_id, prompt, p)
                 request_ids.append(request_id)
         except Exception:
             for request_id in request_ids:
                 self.engine.abort(request_id)
             raise
-        return self._run(request_ids)
+        outputs = self._run(request_ids)
+        for output in outputs:
+            skip_special = detokenize_at_end.get(output.request_id)
+            if skip_special is not None:
+                for completion in output.outputs:
+                    completion.text = final_text(self.tokenizer, output.prompt_token_ids,
+                                                 completion.token_ids, skip_special)
+        return outputs
 
     def chat(self, messages: list[Message] | Seq[list[Message]],
              params: SamplingParams | Seq[SamplingParams] | None = None,

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .core_messages import RequestDelta, SeqDelta, WireLogprob
+from .detokenizer import IncrementalDetokenizer
 from .outputs import CompletionOutput, RequestMetrics, RequestOutput, TokenLogprob
 from .sampling_params import SamplingParams
 
@@ -119,10 +120,15 @@ def _metrics_key(m: RequestMetrics) -> tuple:
 
 
 class RequestAssembler:
-    """Client side: one request's cumulative state, grown by its deltas."""
+    """Client side: one request's cumulative state, grown by its deltas.
+
+    With a `tokenizer`, the core sends token ids only (the request went with
+    `detokenize=False`) and the text is detokenized here, incrementally, as the core would
+    have: off the engine's loop, in the process that streams it.
+    """
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
-                 params: SamplingParams) -> None:
+                 params: SamplingParams, tokenizer: Any = None) -> None:
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
@@ -132,6 +138,14 @@ class RequestAssembler:
         self.metrics: RequestMetrics | None = None
         self.finished = False
         self.error: str | None = None
+        # Per completion: its detokenizer and its prompt + output token ids.
+        self._detokenizers: list[IncrementalDetokenizer] = []
+        self._all_token_ids: list[list[int]] = []
+        if tokenizer is not None:
+            for _ in range(params.n):
+                self._detokenizers.append(IncrementalDetokenizer(
+                    tokenizer, prompt_token_ids, params.skip_special_tokens))
+                self._all_token_ids.append(list(prompt_token_ids))
 
     def apply(self, delta: RequestDelta) -> RequestOutput | Exception:
         """The request's output after `delta`, or the exception it failed with."""
@@ -147,8 +161,11 @@ class RequestAssembler:
             c = self.completions[seq.index]
             c.text = c.text + seq.text if seq.text_start == len(c.text) \
                 else c.text[: seq.text_start] + seq.text
+            taken_back = seq.token_start < len(c.token_ids)
             del c.token_ids[seq.token_start:]
             c.token_ids.extend(seq.token_ids)
+            if self._detokenizers:
+                self._detokenize(seq.index, seq.token_start, seq.token_ids, taken_back)
             if c.logprobs is not None and seq.logprobs is not None:
                 del c.logprobs[seq.logprob_start:]
                 c.logprobs.extend(TokenLogprob(t, lp, list(top)) for t, lp, top in seq.logprobs)
@@ -158,6 +175,19 @@ class RequestAssembler:
         self.finished = delta.finished
         self.error = delta.error
         return None
+
+    def _detokenize(self, index: int, token_start: int, token_ids: list[int],
+                    taken_back: bool) -> None:
+        """Grow completion `index`'s text by its new tokens (recomputed after a take-back)."""
+        detokenizer, all_ids = self._detokenizers[index], self._all_token_ids[index]
+        num_prompt = len(self.prompt_token_ids)
+        del all_ids[num_prompt + token_start:]
+        if taken_back:
+            detokenizer.reset_to(all_ids, num_prompt)
+        for token_id in token_ids:  # one at a time, as the core appends them: the same text
+            all_ids.append(token_id)
+            detokenizer.update(all_ids)
+        self.completions[index].text = detokenizer.text
 
     def output(self) -> RequestOutput:
         """A snapshot: later deltas do not change it."""

@@ -25,6 +25,8 @@ class SamplingParams:
     `close_structures` (on by default) steers a constrained output to the shortest valid
     end of its grammar as it nears `max_tokens`, so that it always parses; where no end
     fits the tokens left, it stops at once with finish_reason "length".
+    `detokenize=False` returns token ids only (the text stays empty); stop strings need
+    the text, so they need `detokenize`.
     """
 
     n: int = 1
@@ -48,6 +50,7 @@ class SamplingParams:
     speculative: bool | None = None
     close_structures: bool = True
     skip_special_tokens: bool = True
+    detokenize: bool = True
     logits_processors: list[Any] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -90,6 +93,9 @@ class SamplingParams:
             check(self.min_tokens <= self.max_tokens, "min_tokens", "must not exceed max_tokens")
         check(all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings")
         check(len(self.stop) <= 16, "stop", "at most 16 stop strings")
+        check(self.detokenize is True or self.detokenize is False, "detokenize",
+              "must be a boolean")
+        check(self.detokenize or not self.stop, "stop", "stop strings need detokenize=True")
         check(
             all(isinstance(t, int) and t >= 0 for t in self.stop_token_ids),
             "stop_token_ids",

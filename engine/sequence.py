@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Any
 
-from .detokenizer import IncrementalDetokenizer
+from .detokenizer import IncrementalDetokenizer, NoDetokenizer
 from .outputs import TokenLogprob
 
 if TYPE_CHECKING:
@@ -50,9 +50,9 @@ class Sequence:
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
         self.logprobs: list[TokenLogprob] | None = [] if self.params.logprobs is not None else None
-        self.detokenizer = IncrementalDetokenizer(
-            tokenizer, self.token_ids, self.params.skip_special_tokens
-        )
+        self.detokenizer: IncrementalDetokenizer | NoDetokenizer = (
+            IncrementalDetokenizer(tokenizer, self.token_ids, self.params.skip_special_tokens)
+            if self.params.detokenize else NoDetokenizer())
         # Async scheduling: a token sampled on the device but not yet read back sits at the
         # end of `token_ids` as PENDING_TOKEN until the next step resolves it.
         self.num_pending_tokens = 0

@@ -117,6 +117,19 @@ def test_greedy_outputs_equal_the_in_process_engine(local, client):
         assert mine[-1].metrics.finished_time >= mine[-1].metrics.first_token_time > 0
 
 
+def test_detokenize_false_returns_token_ids_only(local, client):
+    """Text is made in this process by default (the core sends token ids); a request that
+    asks for no text gets none, from either engine, and the same tokens."""
+    prompt = [1, 504, 3575, 282, 4649, 314]
+    quiet = SamplingParams(temperature=0, max_tokens=8, detokenize=False)
+    mine = asyncio.run(collect(client, prompt, quiet))[-1].outputs[0]
+    local_quiet = asyncio.run(collect(local, prompt, quiet))[-1].outputs[0]
+    ref = asyncio.run(collect(local, prompt, SamplingParams(temperature=0, max_tokens=8))
+                      )[-1].outputs[0]
+    assert mine.text == local_quiet.text == "" and ref.text
+    assert mine.token_ids == local_quiet.token_ids == ref.token_ids
+
+
 def test_json_schema_request_streams_deltas_into_the_same_output(local, client):
     spec = StructuredOutputsParams(json=SCHEMA)
     params = SamplingParams(temperature=0, max_tokens=40, structured_outputs=spec)

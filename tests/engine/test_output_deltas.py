@@ -97,3 +97,55 @@ def test_params_cross_validated_and_what_cannot_cross_is_refused():
     sent = wire_params(SamplingParams(structured_outputs=StructuredOutputsParams(json=Person)))
     assert isinstance(sent.structured_outputs.json, dict)
     assert sent.structured_outputs.json["properties"]["name"]["type"] == "string"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from corral.engine.model_files import default_model_dir
+    from corral.engine.tokenizer import load_tokenizer
+
+    return load_tokenizer(default_model_dir())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_client_detokenizes_token_only_deltas_as_the_core_would(tokenizer, seed):
+    """A request sent with `detokenize=False`: the core's deltas carry token ids only and
+    the assembler's text equals the text the core's own detokenizer makes token by token,
+    multi-byte characters split across tokens and a take-back included."""
+    from corral.engine.detokenizer import IncrementalDetokenizer
+
+    prompt = tokenizer.encode("Say it:", add_special_tokens=False)
+    output = tokenizer.encode(" héllo wörld, 世界 🙂🙂 {\"a\": [1, 2]}\n done",
+                              add_special_tokens=False)
+    params = SamplingParams(max_tokens=64)
+    encoder = DeltaEncoder()
+    assembler = RequestAssembler("r", None, prompt, params, tokenizer)
+    core = IncrementalDetokenizer(tokenizer, prompt, True)
+    shown: list[int] = []
+    rng = random.Random(seed)
+    texts = []
+    while len(shown) < len(output):
+        if len(shown) > 6 and rng.random() < 0.3:  # the structure closer takes some back
+            del shown[-3:]
+            core.reset_to(prompt + shown, len(prompt))
+        for token in output[len(shown): len(shown) + rng.randint(1, 3)]:
+            shown.append(token)
+            core.update(prompt + shown)
+        finished = len(shown) == len(output)
+        delta = encoder.encode(RequestOutput("r", None, prompt, [
+            CompletionOutput(0, "", list(shown), "stop" if finished else None)],
+            finished=finished))
+        result = assembler.apply(delta) if delta is not None else assembler.output()
+        assert result.outputs[0].text == core.text
+        texts.append(result.outputs[0].text)
+    assert texts[-1] == tokenizer.decode(output)
+    assert any("\ufffd" not in t and "🙂" in t for t in texts)
+
+
+def test_stop_strings_need_detokenize():
+    with pytest.raises(ParamError) as info:
+        SamplingParams(stop=["\n"], detokenize=False)
+    assert info.value.param == "stop"
+    with pytest.raises(ParamError) as info:
+        SamplingParams(detokenize="no")
+    assert info.value.param == "detokenize"
