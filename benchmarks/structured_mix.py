@@ -38,6 +38,7 @@ import torch  # noqa: E402
 from workload_mix import MixItem, build_mix, compile_check  # noqa: E402
 
 from corral.engine import LLM, SamplingParams  # noqa: E402
+from corral.engine.detokenizer import final_text  # noqa: E402
 from corral.engine.logits_process import allocate_bitmask  # noqa: E402
 from corral.engine.step_profile import StepProfiler  # noqa: E402
 from corral.grammars import GrammarCompiler  # noqa: E402
@@ -68,12 +69,21 @@ def run_closed_loop(llm: LLM, prompts: list[list[int]], params: list[SamplingPar
     while next_index < len(prompts) or live:
         while next_index < len(prompts) and len(live) < concurrency:
             request_id = f"mix-{next_index}"
-            engine.add_request(request_id, prompts[next_index], params[next_index])
+            sent = params[next_index]
+            if sent.detokenize and not sent.stop:  # as LLM.generate: text decoded at the end
+                sent = sent.clone(detokenize=False)
+            engine.add_request(request_id, prompts[next_index], sent)
             live[request_id] = next_index
             next_index += 1
         for out in engine.step(emit_unfinished=False):
             if out.finished and out.request_id in live:
-                outputs[live.pop(out.request_id)] = out
+                index = live.pop(out.request_id)
+                if params[index].detokenize and not params[index].stop:
+                    for completion in out.outputs:
+                        completion.text = final_text(
+                            engine.tokenizer, out.prompt_token_ids, completion.token_ids,
+                            params[index].skip_special_tokens)
+                outputs[index] = out
         if engine.last_step_idle:
             time.sleep(0.0005)
     sync()
