@@ -47,6 +47,7 @@ from .output_deltas import RequestAssembler
 from .output_stream import OutputStream
 from .outputs import RequestOutput
 from .sampling_params import SamplingParams, StructuredOutputsParams
+from .token_bytes import token_bytes
 from .tokenizer import encode_prompt, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class EngineCoreClient:
         self._core = CoreProcess(config, self._context)
         try:
             self.tokenizer = load_tokenizer(config.tokenizer or model_dir)  # while it starts
+            token_bytes(self.tokenizer, True)  # the detokenizers' table (this side makes text)
             ready = self._core.wait_ready(client_decoder(), startup_timeout)
         except BaseException:
             self._core.stop(0)

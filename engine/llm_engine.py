@@ -43,6 +43,7 @@ from .sequence import PENDING_TOKEN, Sequence
 from .step_profile import NullProfiler, StepProfiler
 from .stop_checker import StopChecker
 from .structure_closer import StructureCloser
+from .token_bytes import token_bytes
 from .tokenizer import eos_token_ids, load_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class LLMEngine:
         model_dir = resolve_model_dir(config.model, need_config=config.shape is None)
         self.model_name = DEFAULT_MODEL_NAME if config.model is None else str(config.model)
         self.tokenizer = load_tokenizer(config.tokenizer or model_dir)
+        token_bytes(self.tokenizer, True)  # the detokenizers' table, built once, not mid-step
         speculates = config.speculative is not None or config.fast_forward
         draft_rows = 1 + config.num_speculative_tokens if speculates else 1
         self.runner = ModelRunner(config, model_dir, len(self.tokenizer), config.max_model_len,
