@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
@@ -14,6 +15,7 @@ from corral.grammars.matcher import CompiledGrammar
 from corral.grammars.outlines_backend import OutlinesBackend
 from corral.grammars.param_error import ParamError
 from corral.grammars.params import StructuredOutputsParams
+from corral.grammars.regex_size import regex_cost
 from corral.grammars.registry import GrammarRegistry
 from corral.grammars.spec import BACKENDS, GrammarSpec, normalize_spec
 from corral.grammars.xgrammar_backend import XGrammarBackend
@@ -21,6 +23,15 @@ from corral.grammars.xgrammar_backend import XGrammarBackend
 CacheKey = tuple[str, str, str, str]  # (kind, canonical text, backend, tokenizer fingerprint)
 START_COMPLETION_MAX_TOKENS = 1024
 START_COMPLETION_NODE_BUDGET = 2000
+# Regexes compiled by default go to llguidance first (a compile of a few ms), then, in the
+# background, to an outlines-core index, whose per-state masks are one copy after a state's
+# first visit (llguidance walks the vocabulary's trie at every step: ~1 ms for a state in a
+# broad character class). An index's memory grows with its regex's `regex_cost` (~1.5 MiB a
+# unit on a 128K vocabulary): one regex may cost this many units, all held indexes together
+# the budget's (regexes past either stay on llguidance).
+UPGRADE_MAX_REGEX_COST = 48.0
+UPGRADE_BUDGET = 256.0
+UPGRADED_BACKEND = "llguidance>outlines"  # the cache key's backend of upgradable regexes
 Backend = LLGuidanceBackend | OutlinesBackend | XGrammarBackend
 
 
@@ -35,12 +46,17 @@ class GrammarCompiler:
     a regex for the whitespace allowed at each JSON whitespace position (matched at most
     once); None keeps JSON compact. Results (refusals too) are cached by
     (kind, canonical spec, backend, tokenizer).
+
+    With `upgrade_regexes`, a regex that names no backend while the default is llguidance is
+    served by llguidance at once and moved to an outlines-core index once that is built in
+    the background (within `UPGRADE_MAX_REGEX_COST` and `UPGRADE_BUDGET`): both enforce the
+    same language exactly, and the index's masks are cached per state.
     """
 
     def __init__(self, tokenizer, vocab_size: int, eos_token_ids: Sequence[int],
                  default_backend: str = "llguidance", timeout: float = 10.0,
                  max_workers: int = 2, cache_size: int = 1024,
-                 json_whitespace: str | None = None) -> None:
+                 json_whitespace: str | None = None, upgrade_regexes: bool = True) -> None:
         if default_backend not in BACKENDS:
             raise ParamError(
                 "default_backend", f"must be one of {BACKENDS} (got {default_backend!r})")
@@ -80,22 +96,37 @@ class GrammarCompiler:
         # One pool per backend: a slow outlines compile never delays an llguidance one.
         self._pools = {b: ThreadPoolExecutor(max_workers, thread_name_prefix=f"corral-{b}")
                        for b in BACKENDS}
+        self.upgrade_regexes = upgrade_regexes and default_backend == "llguidance"
+        # One thread for index builds: a slow one never delays a compile a request waits on.
+        self._upgrade_pool = ThreadPoolExecutor(1, thread_name_prefix="corral-upgrade")
+        self._upgrade_lock = threading.Lock()
+        self._upgrade_cost = 0.0  # regex_cost of the indexes built, released ones not drained
+        # Costs of indexes freed since: their finalizers only append (they may run inside
+        # any lock, wherever the last reference drops), the holders of the lock drain.
+        self._upgrade_released: deque[float] = deque()
         self.compile_times: dict[str, deque[float]] = {b: deque(maxlen=4096) for b in BACKENDS}
         self.registry = GrammarRegistry(self)
 
     def resolve(self, spec: StructuredOutputsParams | GrammarSpec) -> GrammarSpec:
         """The canonical spec with its backend chosen and any grammar name looked up."""
+        return self._resolve(spec)[0]
+
+    def _resolve(self, spec: StructuredOutputsParams | GrammarSpec) -> tuple[GrammarSpec, bool]:
+        """`resolve`, and whether the backend is the default (no spec named one)."""
         resolved = normalize_spec(spec)
         if resolved.kind == "grammar_name":
             entry = self.registry.get(resolved.text)
-            return entry.spec.with_backend(resolved.backend or entry.spec.backend)
-        return resolved.with_backend(resolved.backend or self.default_backend)
+            named = resolved.backend or entry.spec.backend
+            return entry.spec.with_backend(named or self.default_backend), named is None
+        return (resolved.with_backend(resolved.backend or self.default_backend),
+                resolved.backend is None)
 
     def validate(self, spec: StructuredOutputsParams | GrammarSpec) -> None:
         """Fast checks (no token automaton is built); ValueError naming the problem."""
-        resolved = self.resolve(spec)
+        resolved, defaulted = self._resolve(spec)
+        key = self._key(resolved, defaulted and self._upgradable(resolved))
         with self._lock:
-            found = self._cached(self._key(resolved))
+            found = self._cached(key)
         if isinstance(found, ValueError):
             raise found
         if found is not None:
@@ -110,11 +141,12 @@ class GrammarCompiler:
         """Compile in the pool; the future fails with ValueError on refusal or after `timeout`."""
         outer: Future = Future()
         try:
-            resolved = self.resolve(spec)
+            resolved, defaulted = self._resolve(spec)
         except ValueError as e:
             outer.set_exception(e)
             return outer
-        key = self._key(resolved)
+        upgradable = defaulted and self._upgradable(resolved)
+        key = self._key(resolved, upgradable)
         with self._lock:
             found = self._cached(key)
             if found is None and key in self._inflight:
@@ -138,8 +170,41 @@ class GrammarCompiler:
                 _settle(outer, inner.exception() or inner.result())
 
         pool = self._pools[resolved.backend]
-        pool.submit(self._compile_now, resolved, key).add_done_callback(done)
+        pool.submit(self._compile_now, resolved, key, upgradable).add_done_callback(done)
         return outer
+
+    def _upgradable(self, spec: GrammarSpec) -> bool:
+        """Whether `spec` (resolved, its backend the default) moves to an outlines index."""
+        if not self.upgrade_regexes or spec.kind != "regex" or spec.backend != "llguidance":
+            return False
+        try:
+            return regex_cost(spec.text) <= UPGRADE_MAX_REGEX_COST
+        except ValueError:  # a construct the size estimate does not read: stay on llguidance
+            return False
+
+    def _upgrade(self, spec: GrammarSpec, compiled: CompiledGrammar) -> None:
+        """Build `spec`'s outlines-core index and move `compiled` to it (upgrade thread)."""
+        cost = regex_cost(spec.text)
+        if self.upgrade_cost_held + cost > UPGRADE_BUDGET:  # only this thread adds
+            return
+        with self._upgrade_lock:
+            self._upgrade_cost += cost
+        try:  # no compile-time sample: no request waits on this build
+            factory = self._outlines.compile(spec.with_backend("outlines"))
+        except Exception:  # noqa: BLE001 - an index it cannot build: llguidance stays
+            self._upgrade_released.append(cost)
+            return
+        # The index lives as long as its table (held by the grammar and by its matchers).
+        weakref.finalize(factory.table, self._upgrade_released.append, cost)
+        compiled.switch_to("outlines", factory)
+
+    @property
+    def upgrade_cost_held(self) -> float:
+        """The `regex_cost` of the outlines indexes regexes were moved to, still alive."""
+        with self._upgrade_lock:
+            while self._upgrade_released:
+                self._upgrade_cost -= self._upgrade_released.popleft()
+            return self._upgrade_cost
 
     def matcher_factory(self, spec: GrammarSpec):
         """Compile `spec` (resolved, with its backend) now, on this thread, without the
@@ -162,16 +227,19 @@ class GrammarCompiler:
 
     def shutdown(self) -> None:
         """Stop the compile pools (pending compiles are cancelled)."""
-        for pool in self._pools.values():
+        for pool in [*self._pools.values(), self._upgrade_pool]:
             pool.shutdown(wait=False, cancel_futures=True)
 
-    def _compile_now(self, spec: GrammarSpec, key: CacheKey) -> CompiledGrammar | ValueError:
+    def _compile_now(self, spec: GrammarSpec, key: CacheKey,
+                     upgradable: bool = False) -> CompiledGrammar | ValueError:
         start = time.perf_counter()
         try:
             factory = self._backend(spec.backend).compile(spec)
             result: CompiledGrammar | ValueError = CompiledGrammar(
                 spec.kind, spec.text, spec.backend, time.perf_counter() - start, factory)
             self.compile_times[spec.backend].append(result.compile_time_s)
+            if upgradable:
+                self._upgrade_pool.submit(self._upgrade, spec, result)
             result.start_completion = self._start_completion(spec, factory)
         except ValueError as e:
             result = e
@@ -229,8 +297,9 @@ class GrammarCompiler:
             self._cache.move_to_end(key)
         return found
 
-    def _key(self, spec: GrammarSpec) -> CacheKey:
-        return (spec.kind, spec.text, spec.backend, self.tokenizer_fingerprint)
+    def _key(self, spec: GrammarSpec, upgradable: bool = False) -> CacheKey:
+        backend = UPGRADED_BACKEND if upgradable else spec.backend
+        return (spec.kind, spec.text, backend, self.tokenizer_fingerprint)
 
     def _backend(self, name: str | None) -> Backend:
         if name == "xgrammar":

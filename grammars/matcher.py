@@ -23,6 +23,11 @@ class Matcher(abc.ABC):
     stay in error); a matcher in error allows only EOS so its sequence ends.
     """
 
+    # The backend that made it: a grammar's matchers may come from two backends (a regex
+    # moves to an outlines-core index once built), and work replayed elsewhere (completion
+    # searches) must use the matcher's own, whose token-level choices it shares.
+    backend_name: str = ""
+
     @abc.abstractmethod
     def accept_token(self, token_id: int) -> bool:
         """Advance past `token_id`; False (and `is_error()`) when the grammar forbids it."""
@@ -105,9 +110,18 @@ class CompiledGrammar:
     num_matchers: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def switch_to(self, backend: str, factory: Any) -> None:
+        """Make later matchers with `factory` (another backend's, for the same language);
+        matchers made before keep theirs."""
+        with self._lock:
+            self._factory = factory
+            self.backend = backend
+
     def matcher(self) -> Matcher:
         """A fresh matcher at the grammar's start, one per sequence."""
-        matcher = self._factory()
+        with self._lock:
+            factory = self._factory
+        matcher = factory()
         use_cache = getattr(matcher, "use_mask_cache", None)
         with self._lock:
             self.num_matchers += 1

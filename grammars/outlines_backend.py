@@ -2,7 +2,9 @@
 
 Schemas are checked first (`outlines_schema_check`) so that no keyword is silently dropped.
 Each compiled index keeps a per-state cache of packed masks shared by all its matchers, so
-filling a row is one copy after the first visit of a state.
+filling a row is one copy after the first visit of a state: a state of the index's DFA
+determines the allowed tokens exactly, so a stored mask is never stale. The masks live in the
+process-wide `MaskStore` (least recently used out first, within its byte budget).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from outlines_core.json_schema import build_regex_from_schema
 
 from corral.grammars.errors import grammar_error, json_schema_error
 from corral.grammars.llguidance_backend import fill_eos_only
+from corral.grammars.mask_cache import MaskStore, Node, shared_store
 from corral.grammars.matcher import Matcher
 from corral.grammars.outlines_schema_check import check_outlines_schema
 from corral.grammars.param_error import ParamError
@@ -92,8 +95,8 @@ class OutlinesBackend:
             field = spec.kind if spec.kind in ("regex", "choice") else "json"
             raise ParamError(f"structured_outputs.{field}", f"outlines cannot compile it ({e})") \
                 from None
-        table = _MaskTable(index, self.vocab_size, self.eos_token_ids)
-        return lambda: OutlinesMatcher(table)
+        return OutlinesMatcherFactory(
+            _MaskTable(index, self.vocab_size, self.eos_token_ids, shared_store()))
 
 
 def _check_regex_syntax(spec: GrammarSpec, regex: str) -> None:
@@ -104,21 +107,56 @@ def _check_regex_syntax(spec: GrammarSpec, regex: str) -> None:
         raise grammar_error(spec, messages[0] if messages else "invalid regex")
 
 
-class _MaskTable:
-    """One index's allowed-token lists per state, computed lazily; shared by its matchers.
+class OutlinesMatcherFactory:
+    """Fresh matchers over one index; `table` (the index and its masks) is shared by all."""
 
-    Only `forced_tokens` and end checks at final states need the lists: masks are written
-    by each matcher's native `Guide`.
+    def __init__(self, table: _MaskTable) -> None:
+        self.table = table
+
+    def __call__(self) -> OutlinesMatcher:
+        return OutlinesMatcher(self.table)
+
+
+class _MaskTable:
+    """One index's allowed-token lists and packed masks per state, computed lazily; shared
+    by its matchers.
+
+    Only `forced_tokens` and end checks at final states need the lists. A state's mask is
+    written once by a matcher's native `Guide` and stored in `store` (a `Node` per state);
+    later visits of the state copy it.
     """
 
     def __init__(self, index: outlines_core.Index, vocab_size: int,
-                 eos_token_ids: Sequence[int]) -> None:
+                 eos_token_ids: Sequence[int], store: MaskStore) -> None:
         self.index = index
         self.vocab_size = vocab_size
         self.eos_token_ids = list(eos_token_ids)
         self.initial_state = index.get_initial_state()
+        self.store = store
+        self._nodes: dict[int, Node] = {}  # state -> its stored mask (if the store kept it)
         self._allowed: dict[int, list[int]] = {}
         self._lock = threading.Lock()
+
+    def copy_mask(self, state: int, target: torch.Tensor) -> bool:
+        """Copy the stored mask of `state` into `target` (one row); False when absent."""
+        node = self._nodes.get(state)
+        mask = node.mask if node is not None else None  # read once: the store may drop it
+        if mask is None:
+            return False
+        target.copy_(torch.from_numpy(mask))
+        self.store.hits += 1
+        self.store.touch(node)
+        return True
+
+    def remember(self, state: int, row: torch.Tensor) -> None:
+        """`row` is the complete mask of `state`: store it for later visits."""
+        self.store.misses += 1
+        if self.store.max_bytes <= 0:
+            return
+        node = self._nodes.get(state)
+        if node is None:
+            node = self._nodes.setdefault(state, Node())
+        self.store.put(node, row)
 
     def allowed(self, state: int) -> list[int]:
         """Allowed token ids at `state` (EOS ids included where the regex may end)."""
@@ -135,6 +173,8 @@ class _MaskTable:
 
 class OutlinesMatcher(Matcher):
     """A `Matcher` walking an outlines-core index; its state history allows rollback."""
+
+    backend_name = "outlines"
 
     def __init__(self, table: _MaskTable) -> None:
         self._table = table
@@ -193,12 +233,16 @@ class OutlinesMatcher(Matcher):
             fill_eos_only(bitmask[row], self._table.eos_token_ids)
             return
         target = bitmask[row]
+        table, state = self._table, self._states[-1]
+        if table.copy_mask(state, target):
+            return
         self._guide.write_mask_into(target.data_ptr(), target.numel(), 4)
-        if self._table.index.is_final_state(self._states[-1]):
-            for token_id in self._table.eos_token_ids[1:]:  # the index knows one EOS id
+        if table.index.is_final_state(state):
+            for token_id in table.eos_token_ids[1:]:  # the index knows one EOS id
                 word, bit = divmod(token_id, 32)
                 value = int(target[word]) | (1 << bit)
                 target[word] = value - (1 << 32) if value >= 1 << 31 else value
+        table.remember(state, target)
 
     def is_terminated(self) -> bool:
         if self._error is not None:
