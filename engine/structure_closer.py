@@ -56,7 +56,7 @@ NEAR_END = 8  # tokens left at which a changed structure is searched for (each s
 STALE_SEARCH = 24  # tokens since the kept completion at which a changed structure is too
 RETRY_EVERY = 4  # steps between searches while no way out is known (the output waits)
 SEARCHES_PER_STEP = 1  # searches per engine step that could wait (the end is not near)
-SEARCHES_PER_WORKER = 2  # ... with a pool of worker processes: this many per worker
+SEARCHES_PER_WORKER = 4  # ... with a pool of worker processes: this many per worker
 DEFER_CHECKS = 2  # checks (engine steps) after which a deferred search's answer is taken
 NODE_BUDGET = 48  # search nodes per completion search on the engine's loop, at least
 MAX_NODE_BUDGET = 192  # ... at most: twice the kept completion's length (a longer way out
@@ -209,9 +209,10 @@ class StructureCloser:
         if (self.pool is not None and self.pool.ready and grammar is not None
                 and matcher.num_accepted == seq.num_output_tokens):
             tokens = seq.token_ids[seq.num_prompt_tokens:]
+            backend = matcher.backend_name or grammar.backend  # the one the search replays
             try:
                 seq.search_future = self.pool.submit(grammar.kind, grammar.text,
-                                                     grammar.backend, tokens, left, budget)
+                                                     backend, tokens, left, budget)
                 self.num_pooled += 1
                 return
             except Exception:  # noqa: BLE001 - a broken pool: search here from now on

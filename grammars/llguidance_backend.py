@@ -115,6 +115,8 @@ def _refusal(spec: GrammarSpec, message: str) -> ValueError:
 class LLGuidanceMatcher(Matcher):
     """A `Matcher` over one `llguidance.LLMatcher`."""
 
+    backend_name = "llguidance"
+
     def __init__(self, inner: llguidance.LLMatcher, eos_token_ids: Sequence[int]) -> None:
         self.inner = inner
         self.eos_token_ids = frozenset(eos_token_ids)

@@ -91,6 +91,8 @@ def allows_only_eos(inner: xgrammar.GrammarMatcher, vocab: XGrammarVocab) -> boo
 class XGrammarMatcher(Matcher):
     """A `Matcher` over one `xgrammar.GrammarMatcher` (stop tokens: the engine's EOS ids)."""
 
+    backend_name = "xgrammar"
+
     def __init__(self, compiled: xgrammar.CompiledGrammar, vocab: XGrammarVocab) -> None:
         self.inner = xgrammar.GrammarMatcher(compiled)
         self.vocab = vocab

@@ -218,3 +218,43 @@ def test_searches_not_back_in_time_are_run_where_they_started(llm, tokenizer, sc
     for x, y in zip(inline, searched_back, strict=True):
         assert x.outputs[0].token_ids == y.outputs[0].token_ids
         assert x.outputs[0].finish_reason == y.outputs[0].finish_reason
+
+
+def test_searches_replay_the_matchers_own_backend(llm, tokenizer, schemas):
+    """A grammar's matchers may come from two backends (a regex moves to an outlines-core
+    index once it is built); a worker's search replays the sequence's own matcher backend,
+    whose token-level choices its answer must share."""
+    from concurrent.futures import Future
+
+    class Records:
+        num_workers, ready = 1, True
+
+        def __init__(self) -> None:
+            self.backends: list[str] = []
+
+        def submit(self, kind, text, backend, *args) -> Future:
+            self.backends.append(backend)
+            return Future()  # never answered: searched back on the engine thread
+
+    engine = llm.engine
+    prompts = [_chat(tokenizer, "Reply with JSON valid against: "
+                     + json.dumps(s, separators=(",", ":"))[:2000]) for s in schemas]
+    constraints = [StructuredOutputsParams(json=s, backend="llguidance") for s in schemas]
+    params = [SamplingParams(temperature=0, max_tokens=48, structured_outputs=c)
+              for c in constraints]
+    grammars = [engine.grammar.compile(c) for c in constraints]
+    factories = [g._factory for g in grammars]
+    for grammar, factory in zip(grammars, factories, strict=True):
+        grammar.switch_to("outlines", factory)  # labelled outlines, llguidance matchers
+    closer, pool = engine.closer, Records()
+    closer.pool = pool
+    try:
+        outs = llm.generate(prompts, params)
+    finally:
+        closer.pool = None
+        for grammar, factory in zip(grammars, factories, strict=True):
+            grammar.switch_to("llguidance", factory)
+    assert pool.backends and set(pool.backends) == {"llguidance"}
+    for out, schema in zip(outs, schemas, strict=True):
+        if out.outputs[0].finish_reason == "stop":
+            jsonschema.validate(json.loads(out.outputs[0].text), schema)
