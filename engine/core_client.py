@@ -120,12 +120,16 @@ class EngineCoreClient:
             await asyncio.to_thread(self.validate_structured, sent_params.structured_outputs)
         if request_id in self._streams:
             raise ParamError("request_id", f"{request_id!r} is already running")
-        # Text is made here, not on the engine's loop, unless stop strings need it there.
-        detokenize_here = params.detokenize and not params.stop
+        # Text is made here, not on the engine's loop, and stop strings are looked for here,
+        # except where the core must see them: a sample of several to end alone, or an
+        # output the structure closer may take tokens back from before they are shown.
+        stops_here = bool(params.stop) and stop_strings_in_client(params)
+        detokenize_here = params.detokenize and (not params.stop or stops_here)
         if detokenize_here:
-            sent_params = sent_params.clone(detokenize=False)
+            sent_params = sent_params.clone(detokenize=False, stop=None)
         assembler = RequestAssembler(request_id, None, prompt_ids, params,
-                                     self.tokenizer if detokenize_here else None)
+                                     self.tokenizer if detokenize_here else None,
+                                     check_stops=stops_here)
         stream = OutputStream(asyncio.get_running_loop(), assembler)
         self._streams[request_id] = stream
         finished = False
@@ -147,7 +151,7 @@ class EngineCoreClient:
         finally:
             if self._streams.get(request_id) is stream:
                 del self._streams[request_id]
-            if not finished:
+            if not finished or assembler.ended_here:  # the core goes on after a stop string
                 self._abort_quietly(request_id)
 
     async def abort(self, request_id: str) -> None:
@@ -326,3 +330,12 @@ def _settle(future: concurrent.futures.Future, value: Any, error: BaseException 
             future.set_result(value)
     except concurrent.futures.InvalidStateError:  # already failed (the core died)
         pass
+
+
+def stop_strings_in_client(params: SamplingParams) -> bool:
+    """Whether the client can look for `params.stop` itself, exactly as the core would: one
+    completion (the core ends one sample of several alone), special tokens skipped (the
+    end-of-sequence token then adds no text a stop string could end in), and no structure
+    closer (it may take back tokens the client has not been shown)."""
+    closer = params.structured_outputs is not None and params.close_structures
+    return params.n == 1 and params.skip_special_tokens and not closer

@@ -125,10 +125,19 @@ class RequestAssembler:
     With a `tokenizer`, the core sends token ids only (the request went with
     `detokenize=False`) and the text is detokenized here, incrementally, as the core would
     have: off the engine's loop, in the process that streams it.
+
+    With `check_stops` too, the core was sent no stop strings: they are looked for here,
+    token by token in the new text only (past `min_tokens`), as the core's `StopChecker`
+    would. A completion that meets one ends here (`ended_here`): its text is cut before the
+    stop string, its tokens after the one that completed it are dropped, and later deltas
+    for it are ignored; the caller aborts the request in the core. Only for requests of one
+    completion, whose stop-token and end-of-sequence tokens add no text (special tokens
+    skipped), so the precedence is the core's.
     """
 
     def __init__(self, request_id: str, prompt: str | None, prompt_token_ids: list[int],
-                 params: SamplingParams, tokenizer: Any = None) -> None:
+                 params: SamplingParams, tokenizer: Any = None,
+                 check_stops: bool = False) -> None:
         self.request_id = request_id
         self.prompt = prompt
         self.prompt_token_ids = prompt_token_ids
@@ -141,6 +150,14 @@ class RequestAssembler:
         # Per completion: its detokenizer and its prompt + output token ids.
         self._detokenizers: list[IncrementalDetokenizer] = []
         self._all_token_ids: list[list[int]] = []
+        if check_stops and (tokenizer is None or params.n != 1 or not params.stop
+                            or not params.skip_special_tokens):
+            raise ValueError("check_stops needs a tokenizer, n == 1, stop strings and "
+                             "skip_special_tokens")
+        self._stops: list[str] = list(params.stop or []) if check_stops else []
+        self._min_tokens = params.min_tokens
+        self._stop_token_ids = frozenset(params.stop_token_ids)
+        self.ended_here = False  # a stop string ended the completion here, not in the core
         if tokenizer is not None:
             for _ in range(params.n):
                 self._detokenizers.append(IncrementalDetokenizer(
@@ -157,6 +174,8 @@ class RequestAssembler:
         if delta.exception is not None:
             self.finished = True
             return delta.exception.to_exception()
+        if self.ended_here:
+            return None  # what the core did after the stop string is not the output
         for seq in delta.seqs:
             c = self.completions[seq.index]
             c.text = c.text + seq.text if seq.text_start == len(c.text) \
@@ -164,15 +183,15 @@ class RequestAssembler:
             taken_back = seq.token_start < len(c.token_ids)
             del c.token_ids[seq.token_start:]
             c.token_ids.extend(seq.token_ids)
-            if self._detokenizers:
-                self._detokenize(seq.index, seq.token_start, seq.token_ids, taken_back)
             if c.logprobs is not None and seq.logprobs is not None:
                 del c.logprobs[seq.logprob_start:]
                 c.logprobs.extend(TokenLogprob(t, lp, list(top)) for t, lp, top in seq.logprobs)
             c.finish_reason, c.stop_reason = seq.finish_reason, seq.stop_reason
+            if self._detokenizers:
+                self._detokenize(seq.index, seq.token_start, seq.token_ids, taken_back)
         if delta.metrics is not None:
             self.metrics = delta.metrics
-        self.finished = delta.finished
+        self.finished = delta.finished or self.ended_here
         self.error = delta.error
         return None
 
@@ -184,10 +203,40 @@ class RequestAssembler:
         del all_ids[num_prompt + token_start:]
         if taken_back:
             detokenizer.reset_to(all_ids, num_prompt)
-        for token_id in token_ids:  # one at a time, as the core appends them: the same text
+        completion = self.completions[index]
+        last = len(token_ids) - 1
+        for i, token_id in enumerate(token_ids):  # one at a time, as the core appends them
+            searched_up_to = len(detokenizer.text)
             all_ids.append(token_id)
             detokenizer.update(all_ids)
-        self.completions[index].text = detokenizer.text
+            num_output = len(all_ids) - num_prompt
+            # The core's precedence: a stop token id that ended the output outranks strings.
+            core_stop_token = (i == last and completion.finish_reason == "stop"
+                               and token_id in self._stop_token_ids)
+            if (self._stops and num_output > self._min_tokens and not core_stop_token
+                    and self._cut_at_stop(completion, detokenizer, searched_up_to)):
+                del completion.token_ids[num_output:]
+                if completion.logprobs is not None:
+                    del completion.logprobs[num_output:]
+                return
+        completion.text = detokenizer.text
+
+    def _cut_at_stop(self, completion: CompletionOutput, detokenizer: IncrementalDetokenizer,
+                     old_length: int) -> bool:
+        """End `completion` at the first stop string the newest token completed (only text
+        past `old_length` may hold its end: text shown before is never taken back)."""
+        text = detokenizer.text
+        found: tuple[int, str] | None = None
+        for stop in self._stops:
+            index = text.find(stop, max(0, old_length - len(stop) + 1))
+            if index != -1 and (found is None or index < found[0]):
+                found = (index, stop)
+        if found is None:
+            return False
+        completion.text = text[: found[0]]
+        completion.finish_reason, completion.stop_reason = "stop", found[1]
+        self.ended_here = True
+        return True
 
     def output(self) -> RequestOutput:
         """A snapshot: later deltas do not change it."""

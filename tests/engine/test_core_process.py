@@ -117,6 +117,43 @@ def test_greedy_outputs_equal_the_in_process_engine(local, client):
         assert mine[-1].metrics.finished_time >= mine[-1].metrics.first_token_time > 0
 
 
+def test_stop_strings_found_in_the_client_give_the_core_outputs(local, client):
+    """One-completion requests with stop strings: the client finds them in the text it
+    makes (the core was sent none) and aborts the request in the core; the outputs equal
+    the in-process engine's, `min_tokens`, logprobs and stop token ids included."""
+    story = chat(local, "Write two short sentences about the sea.")
+    fruits = chat(local, "Name three fruits, one per line.")
+    requests = [
+        (story, SamplingParams(temperature=0, max_tokens=60, stop=["."])),
+        (story, SamplingParams(temperature=0, max_tokens=60, stop=["sea", "."], logprobs=1)),
+        (story, SamplingParams(temperature=0, max_tokens=60, stop=["."], min_tokens=12)),
+        (fruits, SamplingParams(temperature=0, max_tokens=40, stop=["\n"])),
+        (fruits, SamplingParams(temperature=0, max_tokens=3, stop=["zzz"])),  # never met
+        (story, SamplingParams(temperature=0.9, seed=3, max_tokens=60, stop=[" the", ","])),
+    ]
+    first = asyncio.run(collect(local, story, SamplingParams(temperature=0, max_tokens=60)))
+    first_ids = first[-1].outputs[0].token_ids
+    requests.append((story, SamplingParams(temperature=0, max_tokens=60, stop=["."],
+                                           stop_token_ids=[first_ids[3]])))
+
+    async def both():
+        ours = await asyncio.gather(*(collect(client, p, s) for p, s in requests))
+        theirs = await asyncio.gather(*(collect(local, p, s) for p, s in requests))
+        return ours, theirs
+
+    ours, theirs = asyncio.run(both())
+    reasons = set()
+    for mine, ref in zip(ours, theirs, strict=True):
+        assert_grows(mine)
+        assert mine[-1].finished and summary(mine[-1]) == summary(ref[-1])
+        reasons.add(mine[-1].outputs[0].stop_reason)
+    assert {".", "\n", None} <= reasons and any(isinstance(r, int) for r in reasons)
+    deadline = time.monotonic() + 10
+    while (stats := client.stats()).num_running or stats.kv_cache_usage:
+        assert time.monotonic() < deadline, stats  # the core was told to stop them
+        time.sleep(0.05)
+
+
 def test_detokenize_false_returns_token_ids_only(local, client):
     """Text is made in this process by default (the core sends token ids); a request that
     asks for no text gets none, from either engine, and the same tokens."""

@@ -142,6 +142,29 @@ def test_the_client_detokenizes_token_only_deltas_as_the_core_would(tokenizer, s
     assert any("\ufffd" not in t and "🙂" in t for t in texts)
 
 
+def test_the_client_cuts_at_stop_strings_only_in_new_text(tokenizer):
+    """Stop strings looked for in the client: only text the newest token added may end one
+    (text shown under `min_tokens` is never cut), the tokens after the one that completed
+    it are dropped, and later deltas change nothing."""
+    prompt = tokenizer.encode("Say it:", add_special_tokens=False)
+    output = tokenizer.encode(" one. two. three. four", add_special_tokens=False)
+    stop_at = len(tokenizer.encode(" one. two.", add_special_tokens=False))
+    params = SamplingParams(max_tokens=64, stop=["."], min_tokens=3)
+    encoder = DeltaEncoder()
+    assembler = RequestAssembler("r", None, prompt, params, tokenizer, check_stops=True)
+    for end in range(1, len(output) + 1):
+        delta = encoder.encode(RequestOutput("r", None, prompt, [
+            CompletionOutput(0, "", output[:end], "length" if end == len(output) else None)],
+            finished=end == len(output)))
+        result = assembler.apply(delta)
+    done = result.outputs[0]
+    assert result.finished and assembler.ended_here
+    assert done.text == " one. two" and done.token_ids == output[:stop_at]
+    assert (done.finish_reason, done.stop_reason) == ("stop", ".")
+    with pytest.raises(ValueError):
+        RequestAssembler("r", None, prompt, params.clone(n=2), tokenizer, check_stops=True)
+
+
 def test_stop_strings_need_detokenize():
     with pytest.raises(ParamError) as info:
         SamplingParams(stop=["\n"], detokenize=False)
