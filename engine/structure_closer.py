@@ -117,6 +117,15 @@ class StructureCloser:
             stop_checker.finish(seq, "length")
             return
         self._keep(seq, list(completion))
+        if left > _watch_from(completion):
+            return
+        if left - len(completion) <= CLOSE_MARGIN:  # no room to do better: end it now
+            self._close(seq, stop_checker)
+            return
+        # In the watch zone from the start: nothing is shown until the first check, which
+        # may roll back to here (the prompt's end) if it finds no way out.
+        seq.shown_tokens = seq.num_tokens
+        seq.shown_text_length = len(seq.detokenizer.text)
 
     def is_idle(self, seq: Sequence, num_pending: int = 0) -> bool:
         """Whether `check` would do nothing now: no search of the sequence is out and its
@@ -142,9 +151,11 @@ class StructureCloser:
         if kept is None:  # no way out known yet (the output shown waits): look when allowed
             if left <= NEAR_END:
                 seq.completion_checked_at = seq.num_tokens
-                found = self._search(seq, left)
+                found = self._search(seq, left) if left > 0 else None
                 if found is not None:
                     self._keep_or_close(seq, found, left, stop_checker)
+                elif left <= 0:  # at the limit with no way out: it ends as it is
+                    self._close(seq, stop_checker)
             elif since_check >= RETRY_EVERY and self._may_search():
                 seq.completion_checked_at = seq.num_tokens
                 self._defer_search(seq, left)
@@ -195,7 +206,7 @@ class StructureCloser:
     def _defer_search(self, seq: Sequence, left: int) -> None:
         """Search from the state after this step; the answer is taken `DEFER_CHECKS`
         checks later."""
-        if seq.search_future is not None:
+        if seq.search_future is not None or left <= 0:
             return
         seq.search_checks = 0
         self._searches_this_step += 1
@@ -317,20 +328,23 @@ class StructureCloser:
         """The first check near the limit. Tokens up to here may have been streamed, so a
         roll back can land here at the earliest: the kept completion (found earlier) must be
         found again from here (or one found by a search, now or in later checks)."""
-        seq.close_floor = seq.num_tokens
-        seq.shown_tokens = seq.num_tokens
-        seq.shown_text_length = len(seq.detokenizer.text)
+        if seq.shown_tokens is None:  # the usual case: everything so far may be out
+            seq.shown_tokens = seq.num_tokens
+            seq.shown_text_length = len(seq.detokenizer.text)
+        seq.close_floor = floor = seq.shown_tokens  # (held from the start: the prompt's end)
         seq.completion_checked_at = seq.num_tokens
         kept = seq.completion
         still = self._still_applies(seq, left) if kept is not None else None
         # The search waits for a later step's turn only while the limit is still far.
         urgent = left <= SLACK + (len(kept) if kept is not None else 0)
-        if still is None and urgent:
+        if still is None and urgent and left > 0:
             still = self._search(seq, left)
-        seq.completion = None  # a way out found before the floor cannot be used
         if still is not None:
             self._keep(seq, still)
-        elif self._may_search():
+            return
+        if kept is not None and seq.completion_at < floor:
+            seq.completion = None  # a way out found before the floor cannot be used
+        if self._may_search():
             self._defer_search(seq, left)
 
     def _search_back(self, seq: Sequence) -> list[int] | None:

@@ -258,3 +258,27 @@ def test_searches_replay_the_matchers_own_backend(llm, tokenizer, schemas):
     for out, schema in zip(outs, schemas, strict=True):
         if out.outputs[0].finish_reason == "stop":
             jsonschema.validate(json.loads(out.outputs[0].text), schema)
+
+
+def test_a_budget_inside_the_watch_zone_never_runs_over(llm, tokenizer, schemas):
+    """A budget that starts inside the closer's watch zone: the first tokens may still be
+    rolled back, and an output with no way out left ends at its limit, never past it."""
+    object_only = {"type": "object"}
+    out = llm.generate([[1000, 1001]], SamplingParams(
+        temperature=0, max_tokens=1,
+        structured_outputs=StructuredOutputsParams(json=object_only)))[0].outputs[0]
+    assert out.finish_reason == "stop" and len(out.token_ids) == 1
+    assert json.loads(out.text) == {}
+    for max_tokens in (2, 3, 6):
+        prompts = [_chat(tokenizer, "Reply with JSON valid against: "
+                         + json.dumps(s, separators=(",", ":"))[:2000]) for s in schemas]
+        params = [SamplingParams(temperature=0, max_tokens=max_tokens,
+                                 structured_outputs=StructuredOutputsParams(json=s))
+                  for s in schemas]
+        for schema, result in zip(schemas, llm.generate(prompts, params), strict=True):
+            completion = result.outputs[0]
+            assert len(completion.token_ids) <= max_tokens
+            if completion.finish_reason == "stop":
+                value = json.loads(completion.text)
+                jsonschema.Draft202012Validator(schema, format_checker=CHECKER).validate(value)
+    assert not llm.engine.has_unfinished_requests()
