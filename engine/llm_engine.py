@@ -5,12 +5,12 @@ batch, the sampler picks the next tokens (grammar masks applied through the logi
 hook), and the engine appends them, detokenizes, checks stop conditions and frees the blocks
 of finished sequences. Not thread-safe: `AsyncLLMEngine` drives it from one thread.
 
-Two loops share the same pieces. The synchronous loop (CPU, and speculative decoding)
-computes and samples a step before the next is scheduled; grammar masks are filled while
-the forward pass runs. The asynchronous loop (GPU) launches step N+1 before step N's tokens
-are read back, so everything the host does per step overlaps the device: the grammars
-accept step N's tokens and fill step N+1's masks while N+1's forward runs; only N+1's
-sampling waits for its masks.
+One loop serves every device. Where the device runs behind the host (a GPU), a step
+overlaps: step N+1 is launched before step N's tokens are read back, so everything the host
+does per step overlaps the device: the grammars accept step N's tokens and fill step N+1's
+masks while N+1's forward runs; only N+1's sampling waits for its masks. Where the forward
+pass returns only when done (the CPU), and for steps that verify drafts, a step resolves
+its own tokens before the next is scheduled, and the masks fill while the forward runs.
 """
 
 from __future__ import annotations
@@ -281,95 +281,79 @@ class LLMEngine:
 
     def step(self, emit_unfinished: bool = True) -> list[RequestOutput]:
         """Run one iteration; returns outputs of the requests that changed (only of those
-        that finished when `emit_unfinished` is False, as offline generation needs)."""
+        that finished when `emit_unfinished` is False, as offline generation needs).
+
+        One loop for every device; a step either overlaps or not:
+        - overlapping (a GPU without drafts to verify): schedule and launch step N+1 (a
+          sequence whose step-N token is still on the device takes it from there), then
+          read step N's tokens back; the grammars accept them and fill N+1's masks on a
+          worker thread while this thread appends, detokenizes and checks stop conditions,
+          all during N+1's forward pass; then N+1's sampling is launched and its tokens left
+          pending. A sequence that step N finishes wastes its row of N+1 (its KV write lands
+          past its end, in blocks it no longer holds, and is ordered before any later use
+          of them).
+        - not overlapping (the CPU, whose forward pass returns only when done, and steps
+          that verify drafts, which need the last tokens first): the last tokens are
+          resolved and drafts proposed before scheduling; the masks fill while the forward
+          pass runs, and the step's own tokens are read back and resolved at its end.
+        """
         self.profile.begin_step()
         touched: dict[str, Request] = {}
-        if self.async_scheduling and not self._drafts_pay():
-            self._step_async(touched)
+        overlap = self.async_scheduling and not self._drafts_pay()
+        resolved = None
+        if not overlap:
+            resolved = self._resolve_in_flight(touched)  # left by an overlapping step
+            self._settle(resolved)
+            self._propose_drafts()
+            self.profile.mark("draft")
+        self._poll_grammars(touched)
+        batch = self.scheduler.schedule()
+        self.stats.num_preemptions = self.scheduler.num_preemptions
+        self.profile.mark("schedule")
+        if batch.is_empty:
+            if overlap:
+                resolved = self._resolve_in_flight(touched)
+                self._settle(resolved)
+            self.last_step_idle = resolved is None and not touched
         else:
-            self._step_sync(touched)
+            self._compute(batch, overlap, touched)
+            self.last_step_idle = False
         outputs = self._collect_outputs(touched, emit_unfinished)
         self.profile.mark("outputs")
         return outputs
 
-    def _step_sync(self, touched: dict[str, Request]) -> None:
-        """Draft, schedule, compute, sample and resolve one step."""
+    def _compute(self, batch: SchedulerOutput, overlap: bool,
+                 touched: dict[str, Request]) -> None:
+        """Run a scheduled batch: forward pass, masks, sampling; resolve the tokens of the
+        step before it (overlapping) or its own (not overlapping). See `step`."""
         prof = self.profile
-        resolved = self._resolve_in_flight(touched)  # left by async scheduling, if switched
-        self._settle(resolved)
-        self._poll_grammars(touched)
-        self._propose_drafts()
-        prof.mark("draft")
-        batch = self.scheduler.schedule()
-        self.stats.num_preemptions = self.scheduler.num_preemptions
-        prof.mark("schedule")
-        if batch.is_empty:
-            self.last_step_idle = resolved is None and not touched
-            return
         _mark_first_scheduled(batch)
         plan = SamplingPlan(batch)
-        self.grammar_step.start_fill(plan.jobs)
         prof.note_batch(len(batch.scheduled), batch.num_batched_tokens)
         prof.note_masked(plan.jobs.num_rows)
+        if not overlap:
+            self.grammar_step.start_fill(plan.jobs)  # fills while the forward pass runs
         prof.device_point("forward_start")
         start = time.perf_counter()
-        logits = self.runner.execute(batch)
+        logits = self.runner.execute(batch, self._pending_tokens() if overlap else None)
         prof.note_cpu_forward(time.perf_counter() - start)
         prof.device_point("forward_end")
         prof.mark("forward")
-        self._fail_unfilled(self.grammar_step.wait_fill(), touched)
-        prof.mark("masks")
-        prof.device_point("sample_start")
-        plan.batch.bitmask = self.grammar_step.bitmask
-        sampled = self.sampler.read(self.sampler.launch(logits, plan.batch))
-        prof.device_point("sample_end")
-        prof.mark("sample")
-        self._advance(batch, touched)
-        entries = self._verified_tokens(plan, sampled)
-        self._accept_grammar(entries)
-        prof.mark("accept")
-        self._append(entries, touched)
-        prof.mark("resolve")
-        self._settle(entries)
-        for item in batch.scheduled:
-            item.seq.draft_token_ids = []
-        self.last_step_idle = False
-
-    def _step_async(self, touched: dict[str, Request]) -> None:
-        """One iteration with async scheduling.
-
-        Order: schedule and launch step N+1 (a sequence whose step-N token is still on the
-        device takes it from there), then read step N's tokens back; the grammars accept
-        them and fill N+1's masks on a worker thread while this thread appends, detokenizes
-        and checks stop conditions, all during N+1's forward pass; then N+1's sampling is
-        launched and its tokens left pending. A sequence that step N finishes wastes its
-        row of N+1 (its KV write lands past its end, in blocks it no longer holds, and is
-        ordered before any later use of them)."""
-        prof = self.profile
-        self._poll_grammars(touched)
-        batch = self.scheduler.schedule()
-        self.stats.num_preemptions = self.scheduler.num_preemptions
-        prof.mark("schedule")
-        plan = logits = None
-        if not batch.is_empty:
-            _mark_first_scheduled(batch)
-            plan = SamplingPlan(batch)
-            prof.note_batch(len(batch.scheduled), batch.num_batched_tokens)
-            prof.note_masked(plan.jobs.num_rows)
-            prof.device_point("forward_start")
-            logits = self.runner.execute(batch, self._pending_tokens())
-            prof.device_point("forward_end")
-            prof.mark("forward")
-        resolved = self._resolve_in_flight(touched, plan.jobs if plan else None)
-        if logits is not None:
+        if overlap:
+            resolved = self._resolve_in_flight(touched, plan.jobs)
+        else:
             self._fail_unfilled(self.grammar_step.wait_fill(), touched)
             prof.mark("masks")
-            self._advance(batch, touched)
-            self._launch_sampling(plan, logits)
-            prof.mark("sample")
-        # Off the critical path: N+1's sampling is queued behind its forward pass.
+        self._advance(batch, touched)
+        self._launch_sampling(plan, logits)
+        prof.mark("sample")
+        if not overlap:
+            resolved = self._resolve_in_flight(touched)
+            for item in batch.scheduled:
+                item.seq.draft_token_ids = []
+        # Overlapping, this is off the critical path: N+1's sampling is queued behind its
+        # forward pass.
         self._settle(resolved)
-        self.last_step_idle = batch.is_empty and resolved is None and not touched
 
     def _pending_tokens(self) -> PendingTokens | None:
         if self._in_flight is None:
@@ -393,12 +377,7 @@ class LLMEngine:
         launched, plan = in_flight
         sampled = self.sampler.read(launched)
         prof.mark("wait_device")
-        entries = []
-        for (item, row), _ in zip(plan.items, plan.lengths, strict=True):
-            seq = item.seq
-            if _drop_pending(seq) and not seq.is_finished:
-                entries.append((seq, [sampled.token_ids[row]], [sampled.logprobs[row]]))
-        self.stats.num_decode_passes += len(entries)
+        entries = self._verified_tokens(plan, sampled)
         self._accept_grammar(entries)
         prof.mark("accept")
         if next_jobs is not None:
@@ -483,7 +462,9 @@ class LLMEngine:
         drafts = plan.batch.draft_ids
         for item, first in plan.items:
             seq = item.seq
-            if seq.is_finished:
+            # Not pending: its row was not launched, or it ended (an abort, or the step
+            # before finished it) and dropped its placeholder.
+            if not _drop_pending(seq) or seq.is_finished:
                 continue
             row = first
             if drafts is not None:
