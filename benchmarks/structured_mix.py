@@ -268,6 +268,10 @@ def main() -> None:
         cache_share = cache_hits / max(cache_hits + store.misses - misses0, 1)
         lengths = [len(o.outputs[0].token_ids) if o and not o.error else 0 for o in outs]
         errors = sum(1 for o in outs if o is None or o.error)
+        for i, o in enumerate(outs):
+            if o is not None and o.error:
+                print(f"    error ({items[order[i]].kind} {items[order[i]].name}): "
+                      f"{o.error[:300]}", flush=True)
         # Requests that ended before their first token (no valid end fits max_tokens) cost
         # nothing constrained; they are left out of the free run.
         kept = [i for i, n in enumerate(lengths) if n > 0]
