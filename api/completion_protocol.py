@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 
 from corral.engine.sampling_params import SamplingParams
 
+from .chat_protocol import ResponseFormat
 from .errors import APIError
 from .protocol import GenerationRequest, StreamOptions, StructuredOutputs, UsageInfo
 
@@ -40,6 +41,8 @@ class CompletionRequest(GenerationRequest):
     ignore_eos: bool | None = None
     stop_token_ids: list[int] | None = None
     structured_outputs: StructuredOutputs | None = None
+    # As in chat completions: JSON mode or a JSON schema for the text.
+    response_format: ResponseFormat | None = None
     fast_forward: bool | None = None
     # False: this request makes no speculative drafts (n-gram lookup).
     speculative: bool | None = None
@@ -77,6 +80,14 @@ class CompletionRequest(GenerationRequest):
         if self.max_tokens is not None and self.max_tokens < 1:
             raise APIError(f"max_tokens: must be a positive integer (got {self.max_tokens})",
                            param="max_tokens")
+        if self.structured_outputs is not None and self.response_format is not None \
+                and self.response_format.type != "text":
+            raise APIError("structured_outputs: cannot be combined with response_format",
+                           param="structured_outputs")
+
+    def constraint_field(self) -> str:
+        """The request field the output constraint comes from (for error messages)."""
+        return "structured_outputs" if self.structured_outputs is not None else "response_format"
 
     def sampling_params(self, max_tokens: int) -> SamplingParams:
         values: dict[str, Any] = {
@@ -103,6 +114,11 @@ class CompletionRequest(GenerationRequest):
         kwargs["max_tokens"] = max_tokens
         if self.structured_outputs is not None:
             kwargs["structured_outputs"] = self.structured_outputs.to_params()
+        elif self.response_format is not None:
+            try:
+                kwargs["structured_outputs"] = self.response_format.to_params()
+            except ValueError as e:
+                raise APIError.from_value_error(e, param="response_format") from None
         try:
             return SamplingParams(**kwargs)
         except ValueError as e:

@@ -53,7 +53,7 @@ async def completion(state: ServerState, req: CompletionRequest,
         raise APIError("prompt: must hold at least one token", param="prompt")
     params = [req.sampling_params(state.check_prompt_length(len(ids), req.max_tokens, "prompt"))
               for ids in prompt_ids]
-    await validate_constraint(state, params[0], "structured_outputs")
+    await validate_constraint(state, params[0], req.constraint_field())
     request_id = new_id("cmpl-")
     echo_texts = [state.tokenizer.decode(ids) if isinstance(p, list) else p
                   for p, ids in zip(prompts, prompt_ids, strict=True)] if req.echo else None

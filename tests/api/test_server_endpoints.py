@@ -53,6 +53,31 @@ def test_completions_token_ids_and_regex(client):
     assert r.choices[0].finish_reason == "stop"
 
 
+def test_completions_response_format(client):
+    """`response_format` constrains /v1/completions as it does chat completions."""
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                               "population": {"type": "integer"}},
+              "required": ["city", "population"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": schema}}
+    r = client.completions.create(model="", prompt="A city and its population, as JSON:",
+                                  max_tokens=40, temperature=0,
+                                  extra_body={"response_format": fmt})
+    value = json.loads(r.choices[0].text)
+    assert set(value) == {"city", "population"} and isinstance(value["population"], int)
+    r = client.completions.create(model="", prompt="Hi", max_tokens=1, temperature=0,
+                                  extra_body={"response_format": {"type": "json_object"}})
+    assert r.choices[0].text.startswith("{")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="", prompt="Hi", max_tokens=5, extra_body={
+            "response_format": fmt, "structured_outputs": {"regex": "a+"}})
+    assert e.value.body["param"] == "structured_outputs"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="", prompt="Hi", max_tokens=5, extra_body={
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "bad", "schema": {"type": "object", "minProperties": "two"}}}})
+    assert e.value.body["param"].startswith("response_format")
+
+
 def test_embeddings_paraphrases_are_closer(client):
     texts = ["A man is playing the guitar.", "Someone is strumming a guitar.",
              "The central bank raised interest rates."]
