@@ -137,6 +137,7 @@ def _load() -> bool:
             build_library(compiler, path)
         torch.ops.load_library(str(path))
         torch.ops.corral_cpu.paged_decode_attention  # noqa: B018 - raises if not registered
+        torch.ops.corral_cpu.apply_token_bitmask  # noqa: B018
     except Exception as exc:  # noqa: BLE001 - any failure means: fall back to torch
         logger.warning("CPU kernels unavailable (%s): using torch paths", exc)
         return False

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from corral.kernels._triton import cdiv, jit, tl, use_triton
+from corral.kernels.cpu_extension import load_cpu_ops
 
 
 def apply_token_bitmask_torch(
@@ -121,22 +122,50 @@ def apply_token_bitmask_numpy(
     target[index] = picked
 
 
+_NO_ROWS = torch.empty(0, dtype=torch.int64)
+CPU_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def apply_token_bitmask_cpu(
+    logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor | None = None
+) -> None:
+    """The native CPU kernel (`csrc/token_bitmask_cpu.cpp`): one pass over each mask row,
+    -inf written only where tokens are disallowed, rows spread over torch's threads.
+    float32, bfloat16 and float16 logits. Raises RuntimeError when the kernel is not built
+    (`load_cpu_ops()` tells beforehand) and ValueError on malformed inputs."""
+    if not load_cpu_ops():
+        raise RuntimeError("the native CPU bitmask kernel is unavailable")
+    if bitmask.dtype != torch.int32 or not bitmask.is_contiguous():
+        bitmask = bitmask.to(torch.int32).contiguous()
+    if rows is None:
+        rows = _NO_ROWS
+    elif rows.dtype != torch.int64 or not rows.is_contiguous():
+        rows = rows.to(torch.int64).contiguous()
+    error = torch.ops.corral_cpu.apply_token_bitmask(logits, bitmask, rows)
+    if error:
+        raise ValueError(error)
+
+
 def apply_token_bitmask_(
     logits: torch.Tensor, bitmask: torch.Tensor, rows: torch.Tensor | None = None
 ) -> None:
     """Apply `bitmask` to `logits` in place, with the fastest kernel for the device.
 
     On CUDA, `bitmask` and `rows` must already be on the logits' device (copy them there
-    without blocking, from pinned memory); on CPU float32 logits numpy does it, other CPU
-    logits take the torch reference.
+    without blocking, from pinned memory). On CPU the native kernel does it where it is
+    built (else numpy for float32 logits); anything else takes the torch reference.
     """
     if use_triton(logits) and bitmask.device == logits.device:
         if rows is not None and rows.device != logits.device:
             rows = rows.to(logits.device, non_blocking=True)
         apply_token_bitmask_triton(logits, bitmask, rows)
-    elif (logits.device.type == "cpu" and logits.dtype == torch.float32
-          and logits.is_contiguous() and bitmask.device.type == "cpu"
-          and (rows is None or rows.device.type == "cpu")):
+        return
+    on_cpu = (logits.device.type == "cpu" and bitmask.device.type == "cpu"
+              and (rows is None or rows.device.type == "cpu"))
+    if on_cpu and logits.dtype in CPU_KERNEL_DTYPES and logits.stride(-1) == 1 \
+            and load_cpu_ops():
+        apply_token_bitmask_cpu(logits, bitmask, rows)
+    elif on_cpu and logits.dtype == torch.float32 and logits.is_contiguous():
         apply_token_bitmask_numpy(logits, bitmask, rows)
     else:
         apply_token_bitmask_torch(logits, bitmask, rows)
