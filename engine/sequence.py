@@ -77,6 +77,8 @@ class Sequence:
         # future, and the tokens and text length when it started.
         self.search_future: Any = None
         self.search_checks = 0  # checks since it started
+        self.search_due = 0  # checks after which its answer is taken
+        self.search_failed = False  # the last answer taken near the limit found no way out
         self.search_left = 0  # its token budget and node budget
         self.search_budget = 0
         self.search_at = 0

@@ -23,17 +23,20 @@ Work is bounded: nothing is computed while the limit is far (how far depends on 
 completion's length: a longer one needs more time to be re-found); in the watch zone the kept
 completion is re-checked from the new state each step (one native call, so the output shown
 keeps up with the model), its tails now and then, and only a completion that no longer
-applies triggers a search; searches that can wait run a few per engine step, entering the
-zone included.
+applies triggers a search (after many tokens on the engine's thread; after two when worker
+processes search, so that a stream does not stall); searches that can wait run a few per
+engine step, entering the zone included. Once in the zone, a sequence is checked every step
+until it ends.
 
-A search that can wait is *deferred*: it starts from the state after this step and its
-answer is taken two checks later (at once if the end comes near), as a completion found
-that many steps back (the output shown and any roll back count from there). With a
+Every search is *deferred*: it starts from the state after this step and its answer is
+taken some checks later, as a completion found that many steps back (the output shown and
+any roll back count from there): two checks later while the end is not near, at the next
+check once it is (then a roll back costs the one token the model added meanwhile). With a
 `CompletionSearchPool` it runs in a worker process while the engine goes on (the check it
 is due at waits for it if it is late); without one it runs at once on the engine thread.
 Either way the same completion is taken at the same step, so outputs do not depend on
-where, or how fast, searches ran. Searches that cannot wait (the end is a few tokens away)
-run at once and apply at once.
+where, or how fast, searches ran; and near the limit of a large batch the engine's loop
+does not stall on searches (their answers arrive with the next step).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ REFRESH_EVERY = 16  # ... and every 16 steps above it
 CLOSE_MARGIN = 2  # spare tokens under which a completion that applies is appended at once
 NEAR_END = 8  # tokens left at which a changed structure is searched for (each step)
 STALE_SEARCH = 24  # tokens since the kept completion at which a changed structure is too
+HELD_SEARCH = 2  # ... with a pool of worker processes: the output shown waits for it
 RETRY_EVERY = 4  # steps between searches while no way out is known (the output waits)
 SEARCHES_PER_STEP = 1  # searches per engine step that could wait (the end is not near)
 SEARCHES_PER_WORKER = 4  # ... with a pool of worker processes: this many per worker
@@ -78,6 +82,10 @@ class StructureCloser:
         self.pool = pool
         self.searches_per_step = (SEARCHES_PER_STEP if pool is None
                                   else SEARCHES_PER_WORKER * pool.num_workers)
+        # While the model has left the kept completion's structure, the output shown waits
+        # at the point a roll back would land (a stream stalls): with workers to search,
+        # a new way out is looked for after a couple of tokens, not after many.
+        self.stale_search = STALE_SEARCH if pool is None else HELD_SEARCH
         self.num_searches = 0
         self.num_deferred = 0  # searches deferred to the next check
         self.num_pooled = 0  # ... of them, sent to a worker process
@@ -131,8 +139,8 @@ class StructureCloser:
         """Whether `check` would do nothing now: no search of the sequence is out and its
         limit is still far. `num_pending`: tokens at the end of `seq` that are placeholders
         for a step in flight (not counted: `check` runs without them)."""
-        if seq.search_future is not None:
-            return False
+        if seq.search_future is not None or seq.close_floor is not None:
+            return False  # (in the zone, the output shown may be held: it stays watched)
         return self.tokens_left(seq) + num_pending > _watch_from(seq.completion)
 
     def check(self, seq: Sequence, stop_checker: StopChecker) -> None:
@@ -142,20 +150,20 @@ class StructureCloser:
         left = self.tokens_left(seq)
         self._collect(seq, left)
         kept = seq.completion
-        if left > _watch_from(kept):
-            return
-        if seq.close_floor is None:  # entering the watch zone: all before is out
+        if seq.close_floor is None:  # not in the watch zone yet
+            if left > _watch_from(kept):
+                return
+            # Entering it: all before is out. From here on the sequence is checked each
+            # step, even when a shorter completion found later moves the zone's edge.
             self._enter_zone(seq, left)
             kept = seq.completion
         since_check = seq.num_tokens - seq.completion_checked_at
         if kept is None:  # no way out known yet (the output shown waits): look when allowed
-            if left <= NEAR_END:
+            if left <= 0:  # at the limit with no way out: it ends as it is
+                self._close(seq, stop_checker)
+            elif left <= NEAR_END:  # each step, answered at the next one
                 seq.completion_checked_at = seq.num_tokens
-                found = self._search(seq, left) if left > 0 else None
-                if found is not None:
-                    self._keep_or_close(seq, found, left, stop_checker)
-                elif left <= 0:  # at the limit with no way out: it ends as it is
-                    self._close(seq, stop_checker)
+                self._defer_search(seq, left, due=1)
             elif since_check >= RETRY_EVERY and self._may_search():
                 seq.completion_checked_at = seq.num_tokens
                 self._defer_search(seq, left)
@@ -169,7 +177,9 @@ class StructureCloser:
             if seq.completion_at < seq.num_tokens and len(kept) <= left \
                     and seq.matcher.ends_after(kept):
                 self._keep_or_close(seq, kept, left, stop_checker)
-            return
+                return
+            if not self._held_too_long(seq):
+                return
         seq.completion_checked_at = seq.num_tokens
         still = self._still_applies(seq, left)  # a few accepts and a rollback
         if still is not None:
@@ -180,18 +190,29 @@ class StructureCloser:
         # back would lose grow many, and when the end is near, to end from where the model
         # is rather than from where the kept completion starts.
         since = seq.num_tokens - seq.completion_at
-        if left > NEAR_END and (since < STALE_SEARCH or since - seq.stale_searched_at
-                                < STALE_SEARCH or not self._may_search()):
+        stale = self.stale_search
+        if left > NEAR_END and (since < stale or since - seq.stale_searched_at < stale
+                                or not self._may_search()):
             return
         seq.stale_searched_at = since
         if left > NEAR_END:  # the kept completion still stands meanwhile
             self._defer_search(seq, left)
             return
-        found = self._search(seq, left) if left > 0 else None
-        if found is not None:
-            self._keep_or_close(seq, found, left, stop_checker)
+        # Near the end: look from here (answered at the next check, the kept completion
+        # standing meanwhile) unless the kept one is at most a token back, or the last look
+        # found nothing: then roll back to it now.
+        if left > 0 and since > 1 and not seq.search_failed:
+            self._defer_search(seq, left, due=1)
             return
         self._close(seq, stop_checker)
+
+    def _held_too_long(self, seq: Sequence) -> bool:
+        """Whether the output shown has waited long enough for a search to start now,
+        between full checks (only when a search is that soon: with worker processes)."""
+        if seq.search_future is not None:
+            return False
+        since = seq.num_tokens - seq.completion_at
+        return since >= self.stale_search and since - seq.stale_searched_at >= self.stale_search
 
     def begin_step(self) -> None:
         """A new engine step: its budget of searches that can wait is renewed."""
@@ -203,12 +224,13 @@ class StructureCloser:
         Never a second one for a sequence whose last one is still out."""
         return self._searches_this_step < self.searches_per_step
 
-    def _defer_search(self, seq: Sequence, left: int) -> None:
-        """Search from the state after this step; the answer is taken `DEFER_CHECKS`
-        checks later."""
+    def _defer_search(self, seq: Sequence, left: int, due: int = DEFER_CHECKS) -> None:
+        """Search from the state after this step; the answer is taken `due` checks later
+        (at the next one once the end is near)."""
         if seq.search_future is not None or left <= 0:
             return
         seq.search_checks = 0
+        seq.search_due = due
         self._searches_this_step += 1
         self.num_deferred += 1
         seq.search_at = seq.num_tokens
@@ -229,7 +251,7 @@ class StructureCloser:
             except Exception:  # noqa: BLE001 - a broken pool: search here from now on
                 self.pool = None
         done: Future = Future()
-        done.set_result(self._search(seq, left, budget, count=False))
+        done.set_result(self._search(seq, left, budget))
         seq.search_future = done
 
     def _collect(self, seq: Sequence, left: int) -> None:
@@ -242,7 +264,7 @@ class StructureCloser:
         if future is None:
             return
         seq.search_checks += 1
-        if seq.search_checks < DEFER_CHECKS and left > NEAR_END:
+        if seq.search_checks < seq.search_due and left > NEAR_END:
             return
         seq.search_future = None
         start = time.perf_counter()
@@ -255,6 +277,7 @@ class StructureCloser:
         self.num_searches += 1
         self.search_seconds += time.perf_counter() - start
         at = seq.search_at
+        seq.search_failed = found is None and left <= NEAR_END
         if found is None or at < (seq.close_floor or 0) or seq.num_tokens < at:
             return
         if seq.completion is not None and seq.completion_at > at:
@@ -335,16 +358,16 @@ class StructureCloser:
         seq.completion_checked_at = seq.num_tokens
         kept = seq.completion
         still = self._still_applies(seq, left) if kept is not None else None
-        # The search waits for a later step's turn only while the limit is still far.
-        urgent = left <= SLACK + (len(kept) if kept is not None else 0)
-        if still is None and urgent and left > 0:
-            still = self._search(seq, left)
         if still is not None:
             self._keep(seq, still)
             return
         if kept is not None and seq.completion_at < floor:
             seq.completion = None  # a way out found before the floor cannot be used
-        if self._may_search():
+        # The search waits for a later step's turn only while the limit is still far.
+        urgent = left <= SLACK + (len(kept) if kept is not None else 0)
+        if urgent:
+            self._defer_search(seq, left, due=1)
+        elif self._may_search():
             self._defer_search(seq, left)
 
     def _search_back(self, seq: Sequence) -> list[int] | None:
@@ -356,7 +379,7 @@ class StructureCloser:
             return None
         matcher.rollback(len(since))
         try:
-            return self._search(seq, seq.search_left, seq.search_budget, count=False)
+            return self._search(seq, seq.search_left, seq.search_budget)
         finally:
             for token in since:
                 matcher.accept_token(token)
@@ -366,18 +389,13 @@ class StructureCloser:
         kept = len(seq.completion) if seq.completion is not None else 0
         return min(max(NODE_BUDGET, 2 * kept), MAX_NODE_BUDGET)
 
-    def _search(self, seq: Sequence, max_tokens: int, budget: int | None = None,
-                count: bool = True) -> list[int] | None:
-        """Search now, on this thread (counted as a search unless `count` is False: a
-        deferred one counts when its answer is taken)."""
+    def _search(self, seq: Sequence, max_tokens: int, budget: int) -> list[int] | None:
+        """Search now, on this thread (a deferred search counts when its answer is taken)."""
         from corral.grammars.completion import shortest_completion
 
         start = time.perf_counter()
         found = shortest_completion(seq.matcher, max_tokens, vocab=self.vocab(),
-                                    node_budget=self._budget(seq) if budget is None else budget)
-        if count:
-            self.num_searches += 1
-            self._searches_this_step += 1
+                                    node_budget=budget)
         self.search_seconds += time.perf_counter() - start
         return found
 

@@ -165,9 +165,10 @@ def test_searches_in_worker_processes_close_the_same_way(llm, tokenizer, schemas
         while not pool.ready and time.monotonic() < deadline:
             time.sleep(0.1)
         assert pool.ready
-        closer.pool, pooled = pool, closer.num_pooled
+        closer.pool, pooled, deferred = pool, closer.num_pooled, closer.num_deferred
         pooled_out = llm.generate(prompts, params)
-        assert closer.num_pooled > pooled  # ... and now in the worker
+        assert closer.num_pooled > pooled  # ... and now in the worker: every one of them,
+        assert closer.num_pooled - pooled == closer.num_deferred - deferred  # near-end too
         # A grammar's start completion, searched in the worker at compile time: the same.
         from corral.grammars.compiler import GrammarCompiler
 
@@ -282,3 +283,35 @@ def test_a_budget_inside_the_watch_zone_never_runs_over(llm, tokenizer, schemas)
                 value = json.loads(completion.text)
                 jsonschema.Draft202012Validator(schema, format_checker=CHECKER).validate(value)
     assert not llm.engine.has_unfinished_requests()
+
+
+def test_a_held_stream_catches_up_within_a_few_steps(llm, tokenizer, schemas):
+    """Near the limit the output shown waits where a roll back would land; with searches
+    started after two held tokens (as with worker processes), it catches up within a few
+    steps, also once a shorter completion has moved the watch zone's edge back (it stayed
+    held until the zone came round again: 28 steps on this workload)."""
+    from corral.engine.structure_closer import HELD_SEARCH
+
+    engine, closer = llm.engine, llm.engine.closer
+    prompts = [_chat(tokenizer, "Reply with JSON valid against: "
+                     + json.dumps(s, separators=(",", ":"))[:2000]) for s in schemas]
+    stale, closer.stale_search = closer.stale_search, HELD_SEARCH
+    try:
+        for i, (prompt, schema) in enumerate(zip(prompts, schemas, strict=True)):
+            engine.add_request(f"held-{i}", prompt, SamplingParams(
+                temperature=0, max_tokens=128,
+                structured_outputs=StructuredOutputsParams(json=schema)))
+        shown: dict[str, int] = {}
+        changed: dict[str, int] = {}
+        longest, step = 0, 0
+        while engine.has_unfinished_requests():
+            step += 1
+            for out in engine.step():
+                count = len(out.outputs[0].token_ids)
+                if count != shown.get(out.request_id, 0):
+                    if out.request_id in changed:
+                        longest = max(longest, step - changed[out.request_id])
+                    changed[out.request_id], shown[out.request_id] = step, count
+    finally:
+        closer.stale_search = stale
+    assert 0 < longest <= 12
