@@ -236,8 +236,7 @@ class LLMEngine:
         self._check_prompt(prompt_ids)
         request = Request(request_id, text, prompt_ids, params, next(self._arrivals))
         if params.structured_outputs is not None:
-            self.grammar.validate(params.structured_outputs)
-            request.grammar_future = self.grammar.submit(params.structured_outputs)
+            request.grammar_future = self.grammar.validate_and_submit(params.structured_outputs)
             self._compiling.pop(request_id, None)  # a later request of the same id
             self._compiling[request_id] = request
         for index in range(params.n):
@@ -258,8 +257,8 @@ class LLMEngine:
                 "prompt", f"{len(prompt_ids)} tokens do not fit the context: max_model_len is "
                 f"{self.max_model_len}, which must leave room for at least one new token"
             )
-        bad = [t for t in prompt_ids if not 0 <= t < self.vocab_size]
-        if bad:
+        if min(prompt_ids) < 0 or max(prompt_ids) >= self.vocab_size:
+            bad = [t for t in prompt_ids if not 0 <= t < self.vocab_size]
             raise ParamError("prompt", f"token ids out of range [0, {self.vocab_size}): {bad[:5]}")
 
     def abort(self, request_id: str) -> RequestOutput | None:

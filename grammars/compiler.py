@@ -123,8 +123,22 @@ class GrammarCompiler:
 
     def validate(self, spec: StructuredOutputsParams | GrammarSpec) -> None:
         """Fast checks (no token automaton is built); ValueError naming the problem."""
+        self._validate(*self._prepare(spec))
+
+    def validate_and_submit(self, spec: StructuredOutputsParams | GrammarSpec) -> Future:
+        """`validate` (raising its ValueError), then `submit`: the spec is resolved once."""
+        prepared = self._prepare(spec)
+        self._validate(*prepared)
+        return self._submit(*prepared)
+
+    def _prepare(self, spec: StructuredOutputsParams | GrammarSpec
+                 ) -> tuple[GrammarSpec, CacheKey, bool]:
+        """(resolved spec, cache key, whether it moves to an outlines index)."""
         resolved, defaulted = self._resolve(spec)
-        key = self._key(resolved, defaulted and self._upgradable(resolved))
+        upgradable = defaulted and self._upgradable(resolved)
+        return resolved, self._key(resolved, upgradable), upgradable
+
+    def _validate(self, resolved: GrammarSpec, key: CacheKey, upgradable: bool) -> None:
         with self._lock:
             found = self._cached(key)
         if isinstance(found, ValueError):
@@ -139,14 +153,16 @@ class GrammarCompiler:
 
     def submit(self, spec: StructuredOutputsParams | GrammarSpec) -> Future:
         """Compile in the pool; the future fails with ValueError on refusal or after `timeout`."""
-        outer: Future = Future()
         try:
-            resolved, defaulted = self._resolve(spec)
+            prepared = self._prepare(spec)
         except ValueError as e:
+            outer: Future = Future()
             outer.set_exception(e)
             return outer
-        upgradable = defaulted and self._upgradable(resolved)
-        key = self._key(resolved, upgradable)
+        return self._submit(*prepared)
+
+    def _submit(self, resolved: GrammarSpec, key: CacheKey, upgradable: bool) -> Future:
+        outer: Future = Future()
         with self._lock:
             found = self._cached(key)
             if found is None and key in self._inflight:

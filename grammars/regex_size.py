@@ -9,11 +9,14 @@ repetitions unrolled) times how much of the vocabulary each position admits. Mea
 
 from __future__ import annotations
 
+import functools
+
 from corral.grammars.rust_regex import Parser, Ranges
 
 _PRINTABLE_ASCII = 95  # U+0020..U+007E
 
 
+@functools.lru_cache(maxsize=4096)  # asked again for each request of a repeated regex
 def regex_cost(pattern: str) -> float:
     """Unrolled positions of `pattern`, each weighted by the share of printable ASCII its set
     takes (1 for a set with any non-ASCII character: most of a vocabulary can follow). An
