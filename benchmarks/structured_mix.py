@@ -91,6 +91,7 @@ def run_closed_loop(llm: LLM, prompts: list[list[int]], params: list[SamplingPar
     if profiler is not None:
         from corral.engine.step_profile import NullProfiler
 
+        profiler.close()
         engine.profile = NullProfiler()
     return elapsed, outputs, profiler
 
@@ -165,11 +166,12 @@ def print_timeline(level: int, free: dict[str, float], constrained: dict[str, fl
     keys = ["steps", "steps_with_prefill", "batch"] + [f"host_{p}" for p in PHASES] + [
         "host_total", "host_total_p99", "device_forward", "device_sample", "gap_before_sample",
         "gap_before_forward", "device_step"] + [f"host_{p}_s" for p in PHASES] + [
-        "host_total_s", "device_busy_s", "device_idle_s"]
+        "host_total_s", "device_busy_s", "device_idle_s", "between_steps_s", "gc_s",
+        "gc_full_collections"]
     print(f"  timeline at {level} in flight (median per step):   {'free':>9} {'constrained':>12}")
     for key in keys:
         if key in free or key in constrained:
-            counts = ("steps", "steps_with_prefill", "batch")
+            counts = ("steps", "steps_with_prefill", "batch", "gc_full_collections")
             unit = "" if key in counts else (" s" if key.endswith("_s") else " ms")
             print(f"    {key:<34} {free.get(key, float('nan')):>9.2f} "
                   f"{constrained.get(key, float('nan')):>12.2f}{unit}")

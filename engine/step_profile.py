@@ -14,6 +14,7 @@ masks); `gap_before_forward` is idle time between a sampling's end and the next 
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections import defaultdict
@@ -44,11 +45,33 @@ class StepProfiler:
         self.records: list[StepRecord] = []
         self._current: StepRecord | None = None
         self._last = 0.0
+        # Host time between one step's last mark and the next step's start (the caller's
+        # loop: adding requests, reading outputs), and in Python's garbage collector.
+        self.between_steps_seconds = 0.0
+        self.gc_seconds = 0.0
+        self.gc_collections = [0, 0, 0]  # per generation
+        self._gc_start = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def close(self) -> None:
+        """Stop counting garbage-collector time (the profiler is done)."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_seconds += time.perf_counter() - self._gc_start
+            self.gc_collections[info.get("generation", 0)] += 1
 
     def begin_step(self) -> None:
+        now = time.perf_counter()
+        if self._current is not None:
+            self.between_steps_seconds += now - self._last
         self._current = StepRecord()
         self.records.append(self._current)
-        self._last = time.perf_counter()
+        self._last = now
 
     def mark(self, phase: str) -> None:
         """Charge the host time since the previous mark to `phase`."""
@@ -99,6 +122,9 @@ class StepProfiler:
         out["host_total"] = 1e3 * statistics.median(totals)
         out["host_total_p99"] = 1e3 * totals[min(len(totals) - 1, int(0.99 * len(totals)))]
         out["host_total_s"] = sum(totals)
+        out["between_steps_s"] = self.between_steps_seconds
+        out["gc_s"] = self.gc_seconds
+        out["gc_full_collections"] = float(self.gc_collections[2])
         if self.is_cuda:
             out.update(self._device_summary(steps))
         else:
