@@ -178,8 +178,12 @@ class StructureCloser:
                     and seq.matcher.ends_after(kept):
                 self._keep_or_close(seq, kept, left, stop_checker)
                 return
-            if not self._held_too_long(seq):
-                return
+            # The output shown waits meanwhile: past a few tokens, look for a new way out
+            # from here (the tails are left to the next full check).
+            if left > NEAR_END and self._held_too_long(seq) and self._may_search():
+                seq.stale_searched_at = seq.num_tokens - seq.completion_at
+                self._defer_search(seq, left)
+            return
         seq.completion_checked_at = seq.num_tokens
         still = self._still_applies(seq, left)  # a few accepts and a rollback
         if still is not None:
@@ -207,8 +211,8 @@ class StructureCloser:
         self._close(seq, stop_checker)
 
     def _held_too_long(self, seq: Sequence) -> bool:
-        """Whether the output shown has waited long enough for a search to start now,
-        between full checks (only when a search is that soon: with worker processes)."""
+        """Whether the output shown has waited long enough (`stale_search` tokens past the
+        kept completion, and since the last search) for a search to start now."""
         if seq.search_future is not None:
             return False
         since = seq.num_tokens - seq.completion_at
