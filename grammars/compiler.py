@@ -10,6 +10,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 
+from corral.grammars.lark_regex import lark_regex
 from corral.grammars.llguidance_backend import LLGuidanceBackend
 from corral.grammars.matcher import CompiledGrammar
 from corral.grammars.outlines_backend import OutlinesBackend
@@ -50,7 +51,8 @@ class GrammarCompiler:
     With `upgrade_regexes`, a regex that names no backend while the default is llguidance is
     served by llguidance at once and moved to an outlines-core index once that is built in
     the background (within `UPGRADE_MAX_REGEX_COST` and `UPGRADE_BUDGET`): both enforce the
-    same language exactly, and the index's masks are cached per state.
+    same language exactly, and the index's masks are cached per state. A Lark grammar moves
+    the same way when `lark_regex` proves a regex with exactly its language.
     """
 
     def __init__(self, tokenizer, vocab_size: int, eos_token_ids: Sequence[int],
@@ -191,22 +193,26 @@ class GrammarCompiler:
 
     def _upgradable(self, spec: GrammarSpec) -> bool:
         """Whether `spec` (resolved, its backend the default) moves to an outlines index."""
-        if not self.upgrade_regexes or spec.kind != "regex" or spec.backend != "llguidance":
+        if not self.upgrade_regexes or spec.backend != "llguidance":
+            return False
+        pattern = _upgrade_pattern(spec)
+        if pattern is None:
             return False
         try:
-            return regex_cost(spec.text) <= UPGRADE_MAX_REGEX_COST
+            return regex_cost(pattern) <= UPGRADE_MAX_REGEX_COST
         except ValueError:  # a construct the size estimate does not read: stay on llguidance
             return False
 
     def _upgrade(self, spec: GrammarSpec, compiled: CompiledGrammar) -> None:
         """Build `spec`'s outlines-core index and move `compiled` to it (upgrade thread)."""
-        cost = regex_cost(spec.text)
+        pattern = _upgrade_pattern(spec)
+        cost = regex_cost(pattern)
         if self.upgrade_cost_held + cost > UPGRADE_BUDGET:  # only this thread adds
             return
         with self._upgrade_lock:
             self._upgrade_cost += cost
         try:  # no compile-time sample: no request waits on this build
-            factory = self._outlines.compile(spec.with_backend("outlines"))
+            factory = self._outlines.compile(GrammarSpec("regex", pattern, "outlines"))
         except Exception:  # noqa: BLE001 - an index it cannot build: llguidance stays
             self._upgrade_released.append(cost)
             return
@@ -324,6 +330,16 @@ class GrammarCompiler:
                     self._xgrammar = XGrammarBackend(*self._xgrammar_args)
                 return self._xgrammar
         return self._outlines if name == "outlines" else self._llguidance
+
+
+def _upgrade_pattern(spec: GrammarSpec) -> str | None:
+    """The regex an outlines index of `spec` is built from: a regex's own pattern, a Lark
+    grammar's exact regex (None where it has none)."""
+    if spec.kind == "regex":
+        return spec.text
+    if spec.kind == "grammar":
+        return lark_regex(spec.text)
+    return None
 
 
 def _settle(future: Future, result: CompiledGrammar | BaseException) -> None:
