@@ -232,6 +232,12 @@ class GrammarCompiler:
         """Compile `spec` (resolved, with its backend) now, on this thread, without the
         cache, the deadline or the start completion: a factory of fresh matchers. For
         processes that replay an engine's matchers (completion searches)."""
+        if spec.kind == "grammar" and spec.backend == "outlines":  # an upgraded Lark grammar
+            pattern = lark_regex(spec.text)
+            if pattern is None:
+                raise ParamError("structured_outputs.grammar",
+                                 "the outlines backend compiles only regular Lark grammars")
+            spec = GrammarSpec("regex", pattern, "outlines")
         return self._backend(spec.backend).compile(spec)
 
     def drain_compile_times(self) -> list[float]:

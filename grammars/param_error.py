@@ -17,6 +17,9 @@ class ParamError(ValueError):
         self.param = param
         self.detail = detail
 
+    def __reduce__(self):  # pickled as its fields: it crosses process pools
+        return type(self), (self.param, self.detail)
+
     def renamed(self, param: str) -> ParamError:
         """The same complaint about another field (where the caller named it so)."""
         return ParamError(param, self.detail)

@@ -81,3 +81,40 @@ def test_a_spawned_process_with_a_pool_exits_after_shutting_it_down(tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           timeout=180, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.stdout.strip() == "exited", done.stderr[-2000:]
+
+
+def test_a_worker_searches_upgraded_lark_grammars_and_survives_refusals(hf_tokenizer):
+    # A Lark grammar served by an outlines index replays there in the worker too. A spec the
+    # worker refuses comes back as the request-field error it is; it used to break the pool
+    # (the error could not be unpickled) and every later search ran on the engine thread.
+    import pickle
+
+    import pytest
+
+    from corral.grammars import GrammarCompiler
+    from corral.grammars.completion_pool import CompletionSearchPool
+    from corral.grammars.param_error import ParamError
+    from corral.grammars.spec import GrammarSpec
+
+    from .conftest import EOS_IDS, VOCAB_SIZE
+    from .test_lark_regex import CONFIG
+
+    error = pickle.loads(pickle.dumps(ParamError("structured_outputs.grammar", "bad")))
+    assert (error.param, error.detail) == ("structured_outputs.grammar", "bad")
+    prefix = hf_tokenizer.encode("port=80\nname", add_special_tokens=False)
+    pool = CompletionSearchPool(hf_tokenizer, VOCAB_SIZE, EOS_IDS, 1)
+    try:
+        refused = pool.submit("grammar", 'start: "(" start ")" | "x"\n', "outlines", [], 16, 200)
+        with pytest.raises(ParamError, match="regular Lark"):
+            refused.result(timeout=180)
+        found = pool.submit("grammar", CONFIG, "outlines", prefix, 16, 200).result(timeout=180)
+    finally:
+        pool.shutdown()
+    assert found
+    compiler = GrammarCompiler(hf_tokenizer, VOCAB_SIZE, EOS_IDS)
+    try:
+        matcher = compiler.matcher_factory(GrammarSpec("grammar", CONFIG, "outlines"))()
+    finally:
+        compiler.shutdown()
+    assert all(matcher.accept_token(t) for t in prefix + found)
+    assert matcher.can_end()
