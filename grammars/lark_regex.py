@@ -65,6 +65,13 @@ class _Converter:
             self.term_trees[name] = tree
         self.terms: dict[str, tuple] = {}  # terminal key -> rust_regex tree
         self.nodes = 0
+        self.inline_rules = True  # False: a rule reference stays a ("rule", name) node
+
+    def rule_trees(self) -> dict[str, tuple]:
+        """Every rule's grammar tree, rule references kept as ("rule", name) nodes."""
+        self.inline_rules = False
+        return {name: self._tree(tree, (name,), in_terminal=False)
+                for name, tree in self.rules.items()}
 
     def regex(self) -> str:
         if "start" not in self.rules:
@@ -138,6 +145,8 @@ class _Converter:
         if kind == "NonTerminal":
             if in_terminal:
                 raise _NotRegular("a rule inside a terminal")
+            if not self.inline_rules:
+                return ("rule", item.name)
             return self._rule(item.name, stack)
         if kind == "Terminal":
             return self._terminal(item.name, stack) if in_terminal else \
