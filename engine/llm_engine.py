@@ -371,7 +371,11 @@ class LLMEngine:
         in_flight, self._in_flight = self._in_flight, None
         if in_flight is None:
             if next_jobs is not None:
+                # Nothing to resolve meanwhile (the first step, or after an idle one): the
+                # sampler is launched next and must find the masks done and finished.
                 self.grammar_step.start_fill(next_jobs)
+                self._fail_unfilled(self.grammar_step.wait_fill(), touched)
+                prof.mark("masks")
             return None
         launched, plan = in_flight
         sampled = self.sampler.read(launched)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from corral.engine import LLM, SamplingParams
+from corral.engine import LLM, SamplingParams, StructuredOutputsParams
 from corral.engine.sequence import PENDING_TOKEN
 from tests.engine.test_overlapped_masks import params_for, requests
 
@@ -98,3 +98,26 @@ def test_abort_with_a_token_in_flight(llm):
         assert engine.block_manager.num_free_blocks == engine.num_kv_blocks
     finally:
         engine.async_scheduling = False
+
+
+def test_the_first_async_step_waits_for_its_masks(llm):
+    # With nothing in flight (a fresh batch) the masks were started and never waited for:
+    # the sampler could read rows not yet written (on a GPU, a first request sampled token
+    # 0 against its grammar), and rows sharing a state with another row were never copied.
+    # Three requests of one new schema: the last two share the mask cache's first node, so
+    # one of them is filled as the other's twin.
+    schema = {"type": "object", "properties": {"twin": {"type": "integer"}},
+              "required": ["twin"]}
+    prompt = "Give me a JSON object:"
+    params = SamplingParams(temperature=0, max_tokens=16,
+                            structured_outputs=StructuredOutputsParams(json=schema))
+    engine = llm.engine
+    direct = llm.generate([prompt] * 3, [params] * 3)
+    engine.grammar_step.bitmask.zero_()  # no row left over from an earlier step
+    engine.async_scheduling = True
+    try:
+        ahead = llm.generate([prompt] * 3, [params] * 3)
+    finally:
+        engine.async_scheduling = False
+    _outputs_equal(direct, ahead)
+    assert all(out.outputs[0].text.startswith("{") for out in ahead)
