@@ -1,74 +1,95 @@
-"""Lark grammars whose terminals can never end: refused before llguidance reads them.
+"""Lark grammars on which llguidance would loop forever: refused before it reads them.
 
-llguidance's lexer ends a lexeme only when the next byte cannot continue it. When every
-byte that can start what follows a terminal also continues the terminal once it is complete
-(`A: /a+/` followed by `B: /a/`), the terminal never ends: the grammar has no text at that
-point, and where that byte is the only one allowed, llguidance forces it forever. That loop
-holds the GIL in native code, so one such request froze the whole process: a grammar with
-`start: "p" A B | "q"` compiled, and the first "p" an engine sampled hung its step.
+llguidance's lexer ends a lexeme only when the next byte cannot continue it, and where a
+single byte is allowed it forces that byte and looks again, with no limit. A terminal can
+thus hold it forever: with `A: /a+/` followed by `B: /a/`, after "a" the only byte allowed
+is "a" (continuing A, which the lexer prefers to starting B), and so on without end. The
+loop runs in native code holding the GIL, so one such request froze the whole process: a
+grammar with `start: "p" A B | "q"` compiled, and the first "p" an engine sampled hung its
+step.
 
-`check_terminals_can_end` finds such terminals from the grammar alone: for each terminal,
-the characters that can start what follows it anywhere in the grammar (rules may recurse),
-against the characters that can continue it at each of its accepting positions. It looks
-only at grammars it can read fully (no directives; `%ignore` and `%import` are left to
-llguidance) and refuses only what it proves: a terminal that may also end the whole output,
-or that has any follower starting with a character it cannot swallow, passes.
+`check_no_forced_loop` finds such terminals from the grammar alone. For each terminal, the
+characters that can start what follows it (over every rule, recursion included, plus the
+`%ignore` terminals) and the terminal's own automaton give, per state of a match, the bytes
+allowed next; a cycle of states that each allow exactly one byte is the loop. A terminal
+that may end the output never loops (the parser accepts there). Grammars this check cannot
+read fully (other directives, templates, constructs `rust_regex` does not read) are left to
+llguidance, and the union of followers over all of a terminal's places can only hide a loop,
+never invent one: what it refuses does loop.
 """
 
 from __future__ import annotations
 
 from itertools import chain
 
-from corral.grammars.lark_regex import _Converter, _glushkov, _NotRegular, _number
+from corral.grammars.lark_regex import _Converter, _first, _glushkov, _NotRegular, _number
 from corral.grammars.param_error import ParamError
 from corral.grammars.rust_regex import Ranges, normalize
 
 END = "<end>"  # the end of the output, in a follow set
+MAX_STATES = 4096  # automaton states explored per terminal (past it: no verdict)
+MAX_POSITIONS = 4096  # character positions of a terminal, repetitions written out
 
 
-def check_terminals_can_end(text: str, param: str = "structured_outputs.grammar") -> None:
-    """Raise a ParamError naming `param` when a terminal of the Lark grammar `text` can never
-    end before what must follow it; return where none can be proven so."""
+def check_no_forced_loop(text: str, param: str = "structured_outputs.grammar") -> None:
+    """Raise a ParamError naming `param` when llguidance would force bytes forever inside a
+    terminal of the Lark grammar `text`; return where no such loop can be shown."""
     try:
-        converter = _Converter(text)
+        converter = _Converter(text, read_ignore=True)
         rules = converter.rule_trees()
+        ignored = [converter._terminal(name, ()) for name in converter.ignore]
     except _NotRegular:
         return  # a construct this check does not read: llguidance alone judges it
     except Exception:  # noqa: BLE001 - text lark cannot read: llguidance gives the error
         return
     if "start" not in rules or any(name not in rules for name in _rule_refs(rules)):
         return
-    follow = _terminal_follow(rules)
+    reachable = _reachable(rules)
+    follow = _terminal_follow({name: rules[name] for name in reachable})
     terms = converter.terms
+    between = list(chain.from_iterable(_first_chars(t) for t in ignored))
     for key, after in follow.items():
         if END in after or not after:
             continue
-        starts = normalize(list(chain.from_iterable(_first_chars(terms[t]) for t in after)))
-        for continues in _continuations_when_complete(terms[key]):
-            if starts and _covers(continues, starts):
-                name = key.removeprefix("terminal ")
-                raise ParamError(
-                    param, f"{name} can never end before what must follow it: every "
-                    f"character that can start the next terminal also continues {name} "
-                    "(the lexer takes the longest match), so no text can complete the "
-                    "grammar there")
+        starts = normalize(between + list(chain.from_iterable(
+            _first_chars(terms[t]) for t in after)))
+        try:
+            loops = _forced_loop(terms[key], starts)
+        except _NotRegular:
+            continue  # too large to tell: no verdict for this terminal
+        if loops:
+            name = key.removeprefix("terminal ")
+            raise ParamError(
+                param, f"{name} can hold the lexer forever: after some text it matches, the "
+                f"only character allowed next continues {name} (the lexer prefers the "
+                "longest match to what follows it), and so on without end")
 
 
 def _rule_refs(rules: dict[str, tuple]) -> set[str]:
     refs: set[str] = set()
-
-    def visit(node: tuple) -> None:
-        if node[0] == "rule":
-            refs.add(node[1])
-        elif node[0] in ("cat", "alt"):
-            for child in node[1]:
-                visit(child)
-        elif node[0] == "rep":
-            visit(node[1])
-
     for tree in rules.values():
-        visit(tree)
+        refs |= _refs_in(tree)
     return refs
+
+
+def _refs_in(node: tuple) -> set[str]:
+    kind = node[0]
+    if kind == "rule":
+        return {node[1]}
+    if kind in ("cat", "alt"):
+        return set().union(*(_refs_in(c) for c in node[1]))
+    if kind == "rep":
+        return _refs_in(node[1])
+    return set()
+
+
+def _reachable(rules: dict[str, tuple]) -> set[str]:
+    seen, todo = {"start"}, ["start"]
+    while todo:
+        for name in _refs_in(rules[todo.pop()]) - seen:
+            seen.add(name)
+            todo.append(name)
+    return seen
 
 
 def _terminal_follow(rules: dict[str, tuple]) -> dict[str, set[str]]:
@@ -146,31 +167,80 @@ def _terminal_follow(rules: dict[str, tuple]) -> dict[str, set[str]]:
 
 
 def _first_chars(pattern: tuple) -> Ranges:
-    leaves: list[Ranges] = []
-    _, first, _ = _glushkov(_number(_as_leaves(pattern), leaves), {})
-    return list(chain.from_iterable(leaves[p] for p in first))
+    return _first(pattern)
 
 
-def _continuations_when_complete(pattern: tuple) -> list[Ranges]:
-    """For each position where a match of `pattern` can be complete: the characters that
-    can continue the match from there."""
+def _forced_loop(pattern: tuple, starts: Ranges) -> bool:
+    """Whether a match of `pattern`, followed by text that starts with one of `starts`, can
+    reach a cycle of states that each allow exactly one character (at a complete match the
+    followers' first characters are allowed too: the lexer continues the match with any of
+    them it can)."""
     leaves: list[Ranges] = []
     follow: dict[int, set[int]] = {}
-    _, _, last = _glushkov(_number(_as_leaves(pattern), leaves), follow)
-    return [normalize(list(chain.from_iterable(leaves[n] for n in follow.get(p, ()))))
-            for p in sorted(last)]
+    _, first, last = _glushkov(_number(_as_leaves(pattern), leaves), follow)
+    begin = frozenset([-1])
+    successors = {-1: first, **{p: follow.get(p, set()) for p in range(len(leaves))}}
+
+    def next_positions(state: frozenset[int], code: int) -> frozenset[int]:
+        return frozenset(n for p in state for n in successors[p]
+                         if any(lo <= code <= hi for lo, hi in leaves[n]))
+
+    def forced(state: frozenset[int]) -> int | None:
+        chars = list(chain.from_iterable(leaves[n] for p in state for n in successors[p]))
+        if state & last:
+            chars += starts
+        chars = normalize(chars)
+        if len(chars) == 1 and chars[0][0] == chars[0][1]:
+            return chars[0][0]
+        return None
+
+    # Every state of the match automaton, by subset construction over character atoms.
+    points = sorted({lo for r in leaves for lo, _ in r} | {hi + 1 for r in leaves for _, hi in r})
+    states, todo = {begin}, [begin]
+    while todo:
+        state = todo.pop()
+        for code in points:
+            nxt = next_positions(state, code)
+            if nxt and nxt not in states:
+                if len(states) >= MAX_STATES:
+                    return False  # too large to tell: no verdict
+                states.add(nxt)
+                todo.append(nxt)
+    for state in states:
+        seen = {state}
+        while (code := forced(state)) is not None:
+            state = next_positions(state, code)
+            if not state:
+                break  # the forced character starts what follows: the match ends
+            if state in seen:
+                return True
+            seen.add(state)
+    return False
 
 
 def _as_leaves(node: tuple) -> tuple:
-    """A rust_regex tree with its character sets as numbered-leaf payloads."""
+    """A rust_regex tree with its character sets as numbered-leaf payloads, and counted
+    repetitions written out (`x{2,4}` as `x x x? x?`, `x{2,}` as `x x x*`), so that its
+    automaton is exact: a bound read as a loop could show a loop that is not there."""
     kind = node[0]
     if kind == "set":
         return ("leaf", node[1])
     if kind in ("cat", "alt"):
         return (kind, [_as_leaves(c) for c in node[1]])
-    return ("rep", _as_leaves(node[1]), node[2], node[3])
+    child, lo, hi = _as_leaves(node[1]), node[2], node[3]
+    if (lo, hi) in ((0, None), (1, None), (0, 1)):
+        return ("rep", child, lo, hi)
+    if _size(node[1]) * max(lo, hi or 0) > MAX_POSITIONS:
+        raise _NotRegular("a counted repetition too long to write out")
+    tail = [("rep", child, 0, None)] if hi is None else [("rep", child, 0, 1)] * (hi - lo)
+    return ("cat", [child] * lo + tail)
 
 
-def _covers(ranges: Ranges, wanted: Ranges) -> bool:
-    """Whether every character of `wanted` is in `ranges` (both normalized)."""
-    return all(any(lo <= w_lo and w_hi <= hi for lo, hi in ranges) for w_lo, w_hi in wanted)
+def _size(node: tuple) -> int:
+    """Character positions of a rust_regex tree, counted repetitions written out."""
+    kind = node[0]
+    if kind == "set":
+        return 1
+    if kind in ("cat", "alt"):
+        return sum(_size(c) for c in node[1])
+    return _size(node[1]) * max(node[2], node[3] or 1, 1)

@@ -47,12 +47,16 @@ def lark_regex(text: str) -> str | None:
 
 
 class _Converter:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, read_ignore: bool = False) -> None:
+        """`read_ignore`: read `%ignore` and `%import` (their terminals in `ignore`)."""
         from lark.load_grammar import load_grammar
 
-        if any(line.lstrip().startswith("%") for line in text.splitlines()):
+        readable = ("%ignore", "%import") if read_ignore else ()
+        if any(line.lstrip().startswith("%") and not line.lstrip().startswith(readable)
+               for line in text.splitlines()):
             raise _NotRegular("a directive")
         grammar, _ = load_grammar(text, "<grammar>", [], False)
+        self.ignore = [str(name) for name in grammar.ignore]
         self.rules = {}
         for name, params, tree, _options in grammar.rule_defs:
             if params:
@@ -62,7 +66,7 @@ class _Converter:
         for name, (tree, priority) in grammar.term_defs:
             if priority not in (0, None):
                 raise _NotRegular("a terminal priority")
-            self.term_trees[name] = tree
+            self.term_trees[str(name)] = tree
         self.terms: dict[str, tuple] = {}  # terminal key -> rust_regex tree
         self.nodes = 0
         self.inline_rules = True  # False: a rule reference stays a ("rule", name) node

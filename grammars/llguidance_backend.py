@@ -15,7 +15,7 @@ import llguidance.hf
 import torch
 
 from corral.grammars.errors import grammar_error, json_schema_error
-from corral.grammars.lark_lexing import check_terminals_can_end
+from corral.grammars.lark_lexing import check_no_forced_loop
 from corral.grammars.mask_cache import MaskCache, Node
 from corral.grammars.matcher import Matcher
 from corral.grammars.param_error import ParamError
@@ -76,7 +76,7 @@ class LLGuidanceBackend:
         if spec.kind in ("regex", "choice"):
             return llguidance.LLMatcher.grammar_from_regex(spec.text)
         if spec.kind == "grammar":
-            check_terminals_can_end(spec.text)  # llguidance would loop on such a terminal
+            check_no_forced_loop(spec.text)  # llguidance would loop forever on it
             return llguidance.LLMatcher.grammar_from_lark(spec.text)
         raise ParamError(
             f"structured_outputs.{spec.kind}", "not a kind the llguidance backend compiles")

@@ -1,5 +1,5 @@
-"""Lark grammars with a terminal that can never end are refused before llguidance reads
-them (it would force the terminal's byte forever, holding the GIL); others pass untouched."""
+"""Lark grammars on which llguidance would force bytes forever are refused before it reads
+them (the loop holds the GIL); others pass untouched."""
 
 from __future__ import annotations
 
@@ -11,23 +11,26 @@ import textwrap
 import llguidance
 import pytest
 
-from corral.grammars.lark_lexing import check_terminals_can_end
+from corral.grammars.lark_lexing import check_no_forced_loop
 from corral.grammars.param_error import ParamError
 
 from .test_lark_regex import CALL, CONFIG, DATE, SQL
 
-
-@pytest.mark.parametrize(("grammar", "name"), [
+LOOPS = [
     ("start: A B\nA: /a+/\nB: /a/\n", "A"),
     ('start: "p" A B | "q"\nA: /a+/\nB: /a/\n', "A"),  # only after "p": a first mask is fine
     ('start: "(" start ")" A B | "x"\nA: /a+/\nB: /a/\n', "A"),  # recursion is read too
-    ("start: A B\nA: /(ab)+/\nB: /a/\n", "A"),
-    ("start: A B\nA: /[a-z]+/\nB: /x/\n", "A"),
-    ("start: item+\nitem: A B\nA: /[0-9]+/\nB: DIGIT\nDIGIT: /[0-9]/\n", "A"),
-])
-def test_a_terminal_that_swallows_its_follower_is_refused(grammar, name):
-    with pytest.raises(ParamError, match=f"{name} can never end") as refused:
-        check_terminals_can_end(grammar)
+    ("start: A B\nA: /(ab)+/\nB: /a/\n", "A"),  # a cycle of two forced bytes
+    ("start: A B\nA: /x|a+/\nB: /a/\n", "A"),  # one branch of it
+    ("start: C B\nC: A\nA: /a+/\nB: /a/\n", "C"),  # a terminal made of another
+    ("start: A B\nA: /a{2,}/\nB: /a/\n", "A"),
+]
+
+
+@pytest.mark.parametrize(("grammar", "name"), LOOPS)
+def test_a_terminal_that_can_hold_the_lexer_forever_is_refused(grammar, name):
+    with pytest.raises(ParamError, match=f"{name} can hold the lexer forever") as refused:
+        check_no_forced_loop(grammar)
     assert refused.value.param == "structured_outputs.grammar"
 
 
@@ -37,23 +40,35 @@ def test_a_terminal_that_swallows_its_follower_is_refused(grammar, name):
     "NUMBER: /[0-9]{1,6}/\n",
     "start: A B\nA: /a+/\nB: /a|b/\n",  # "b" ends A
     'start: A " " B\nA: /a+/\nB: /a/\n',
-    'start: KEY NAME\nKEY: "if"\nNAME: /[a-z]+/\n',  # "if" is complete: nothing continues it
-    "start: A | A B\nA: /a+/\nB: /a/\n",  # A may end the output
-    'start: X "a"\nX: /"[a-z]*"/\n',  # after its closing quote X takes nothing more
-    '%ignore " "\nstart: A B\nA: /a+/\nB: /a/\n',  # directives: left to llguidance
+    '%ignore " "\nstart: A B\nA: /a+/\nB: /a/\n',  # " " may come between: two bytes allowed
+    'WS: " "\n%ignore WS\nstart: A B\nA: /[a ]+/\nB: /a/\n',  # "a" and " " both continue A
+    '%import common.WS\n%ignore WS\nstart: A B\nA: /a+/\nB: /a/\n',  # whitespace may follow
+    "start: A B\nA: /a+b?/\nB: /a/\n",  # "ab" then "a" completes it
+    "start: A B\nA: /a{1,3}/\nB: /a/\n",  # forced, but only up to "aaaa"
+    'start: A B\nA: /[^"]{0,5000}x/\nB: /y/\n',  # too long to write out: no verdict
+    "start: A B\nA: /[a-z]+/\nB: /x/\n",  # A swallows "x", but 26 bytes stay allowed
+    'start: KEY NAME\nKEY: "if"\nNAME: /[a-z]+/\n',
+    "start: A | A B\nA: /a+/\nB: /a/\n",  # A may end the output: the parser accepts there
+    'start: A " " B\nA: /a+/\nB: /a/\nunused: A B\n',  # a rule the start never reaches
+    '%declare X\nstart: A B\nA: /a+/\nB: /a/\n',  # other directives: left to llguidance
 ])
-def test_grammars_whose_terminals_can_end_pass(grammar):
-    check_terminals_can_end(grammar)
+def test_grammars_without_a_forced_loop_pass(grammar):
+    check_no_forced_loop(grammar)
 
 
-def test_a_refused_grammar_has_no_complete_text_under_llguidance():
-    # Where llguidance does not loop, the refused terminal still never ends: no text completes.
+@pytest.mark.parametrize("grammar", [
+    "start: A B\nA: /[a-z]+/\nB: /x/\n",
+    "start: A B\nA: /a+b?/\nB: /a/\n",
+    "start: A B\nA: /a{1,3}/\nB: /a/\n",
+])
+def test_llguidance_answers_on_the_grammars_that_pass(grammar):
+    # What passes does not loop: llguidance computes its masks along a long text.
     tokenizer = llguidance.LLTokenizer("byte")
-    grammar = llguidance.LLMatcher.grammar_from_lark("start: A B\nA: /[a-z]+/\nB: /x/\n")
-    matcher = llguidance.LLMatcher(tokenizer, grammar)
-    assert matcher.consume_tokens(list(b"abx"))
-    assert not matcher.is_accepting()
-    assert matcher.validate_tokens([tokenizer.eos_token]) == 0
+    matcher = llguidance.LLMatcher(tokenizer, llguidance.LLMatcher.grammar_from_lark(grammar))
+    for byte in b"a" * 50:
+        assert matcher.compute_bitmask() is not None
+        if not matcher.consume_token(byte):
+            break
 
 
 _COMPILE = textwrap.dedent("""
