@@ -20,6 +20,7 @@ never invent one: what it refuses does loop.
 
 from __future__ import annotations
 
+import functools
 from itertools import chain
 
 from corral.grammars.lark_regex import _Converter, _first, _glushkov, _NotRegular, _number
@@ -29,40 +30,56 @@ from corral.grammars.rust_regex import Ranges, normalize
 END = "<end>"  # the end of the output, in a follow set
 MAX_STATES = 4096  # automaton states explored per terminal (past it: no verdict)
 MAX_POSITIONS = 4096  # character positions of a terminal, repetitions written out
+# Larger grammars are not read (a 12 KB grammar of 600 rules takes ~0.2 s, 44 KB ~3 s):
+# they are left to llguidance, like those with constructs this check does not read.
+MAX_TEXT_BYTES = 16 * 1024
 
 
 def check_no_forced_loop(text: str, param: str = "structured_outputs.grammar") -> None:
     """Raise a ParamError naming `param` when llguidance would force bytes forever inside a
     terminal of the Lark grammar `text`; return where no such loop can be shown."""
+    looping = _looping_terminal(text)
+    if looping is not None:
+        raise ParamError(
+            param, f"{looping} can hold the lexer forever: after some text it matches, the "
+            f"only character allowed next continues {looping} (the lexer prefers the "
+            "longest match to what follows it), and so on without end")
+
+
+@functools.lru_cache(maxsize=256)  # validated, then compiled: read once
+def _looping_terminal(text: str) -> str | None:
+    """The name of a terminal llguidance would loop in, or None."""
+    if len(text) > MAX_TEXT_BYTES:
+        return None
     try:
         converter = _Converter(text, read_ignore=True)
         rules = converter.rule_trees()
         ignored = [converter._terminal(name, ()) for name in converter.ignore]
     except _NotRegular:
-        return  # a construct this check does not read: llguidance alone judges it
+        return None  # a construct this check does not read: llguidance alone judges it
     except Exception:  # noqa: BLE001 - text lark cannot read: llguidance gives the error
-        return
+        return None
     if "start" not in rules or any(name not in rules for name in _rule_refs(rules)):
-        return
+        return None
     reachable = _reachable(rules)
     follow = _terminal_follow({name: rules[name] for name in reachable})
     terms = converter.terms
-    between = list(chain.from_iterable(_first_chars(t) for t in ignored))
+    between = list(chain.from_iterable(_first(t) for t in ignored))
+    firsts: dict[str, Ranges] = {}
     for key, after in follow.items():
-        if END in after or not after:
-            continue
-        starts = normalize(between + list(chain.from_iterable(
-            _first_chars(terms[t]) for t in after)))
+        if END in after or not after or not _repeats_unbounded(terms[key]):
+            continue  # the parser accepts there, or the automaton has no cycle
+        for t in after:
+            if t not in firsts:
+                firsts[t] = _first(terms[t])
+        starts = normalize(between + list(chain.from_iterable(firsts[t] for t in after)))
         try:
             loops = _forced_loop(terms[key], starts)
         except _NotRegular:
             continue  # too large to tell: no verdict for this terminal
         if loops:
-            name = key.removeprefix("terminal ")
-            raise ParamError(
-                param, f"{name} can hold the lexer forever: after some text it matches, the "
-                f"only character allowed next continues {name} (the lexer prefers the "
-                "longest match to what follows it), and so on without end")
+            return key.removeprefix("terminal ")
+    return None
 
 
 def _rule_refs(rules: dict[str, tuple]) -> set[str]:
@@ -166,8 +183,15 @@ def _terminal_follow(rules: dict[str, tuple]) -> dict[str, set[str]]:
     return follow
 
 
-def _first_chars(pattern: tuple) -> Ranges:
-    return _first(pattern)
+def _repeats_unbounded(node: tuple) -> bool:
+    """Whether a rust_regex tree has an unbounded repetition (else its automaton, counted
+    repetitions written out, has no cycle)."""
+    kind = node[0]
+    if kind == "set":
+        return False
+    if kind in ("cat", "alt"):
+        return any(_repeats_unbounded(c) for c in node[1])
+    return node[3] is None or _repeats_unbounded(node[1])
 
 
 def _forced_loop(pattern: tuple, starts: Ranges) -> bool:

@@ -25,6 +25,7 @@ from itertools import chain
 from corral.grammars.rust_regex import Parser, Ranges, intersect, normalize
 
 MAX_NODES = 20_000  # nodes of the grammar with every rule inlined
+MAX_TEXT_BYTES = 8 * 1024  # larger grammars are not read
 MAX_REGEX_CHARS = 20_000
 
 # Grammar tree: ("leaf", terminal key) | ("cat", [node]) | ("alt", [node])
@@ -38,6 +39,8 @@ class _NotRegular(Exception):
 @functools.lru_cache(maxsize=256)
 def lark_regex(text: str) -> str | None:
     """The regex whose language is exactly the Lark grammar `text`'s, or None (see above)."""
+    if len(text) > MAX_TEXT_BYTES:
+        return None  # reading it would cost the caller's thread; its index would be too large
     try:
         return _Converter(text).regex()
     except _NotRegular:
